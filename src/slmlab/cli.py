@@ -1,0 +1,272 @@
+"""The `slmlab` command: a thin skin over public Python functions.
+
+Every command body parses arguments, calls one public function, and prints its
+result with rich. User errors (SlmlabError) print as one clear message, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slmlab.errors import SlmlabError
+
+app = typer.Typer(
+    help="slmlab: verified data, training, evaluation and more for small language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Verified synthetic datasets: recipes, generation, inspection, validation.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_transformers() -> None:
+    """Progress bars from weight loading would drown our own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# --------------------------------------------------------------------------- models
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List known model specs and whether each is ready to load.
+
+    Example: [bold]slmlab models[/bold]
+    """
+    from slmlab.models import describe_specs
+
+    table = Table(title="Model specs")
+    for col in ("spec", "description", "ready", "location"):
+        table.add_column(col)
+    for info in describe_specs():
+        table.add_row(info.spec, info.description, "yes" if info.ready else "[red]no[/red]", info.location)
+    console.print(table)
+    console.print("Any local model directory, or a Hugging Face id already in the local cache, also works.")
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Argument(..., help="The prompt text."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec, local directory or cached HF id."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same text)."),
+) -> None:
+    """Print a model's completion of PROMPT (chat template applied for instruct models).
+
+    Example: [bold]slmlab generate --model smollm2-135m "What is modus ponens?"[/bold]
+    """
+    from slmlab.evaluate.generate import format_prompt, generate
+    from slmlab.models import load
+
+    _quiet_transformers()
+    mdl, tok = load(model)
+    batch = generate(
+        mdl, tok, [format_prompt(tok, prompt, raw=raw)], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )
+    console.print(batch.generations[0].text, markup=False, highlight=False)
+    err_console.print(f"[dim]{batch.new_tokens} tokens, {batch.tokens_per_second:.1f} tokens/s[/dim]")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("recipes")
+def data_recipes_cmd() -> None:
+    """List the shipped dataset recipes.
+
+    Example: [bold]slmlab data recipes[/bold]
+    """
+    from slmlab.data.recipes import category_counts, list_recipes, load_recipe
+
+    table = Table(title="Recipes")
+    for col in ("recipe", "count", "categories", "description"):
+        table.add_column(col)
+    for name in list_recipes():
+        recipe, _ = load_recipe(name)
+        counts = category_counts(recipe)
+        cats = ", ".join(f"{k} {v}" for k, v in counts.items())
+        table.add_row(name, str(sum(counts.values())), cats, " ".join(recipe.description.split()))
+    console.print(table)
+
+
+def print_dataset_summary(manifest: dict) -> None:
+    table = Table(title=f"Dataset {manifest['recipe']} (seed {manifest['seed']})")
+    table.add_column("category")
+    table.add_column("train", justify="right")
+    table.add_column("test", justify="right")
+    table.add_column("share", justify="right")
+    total = manifest["all"]["count"]
+    for cat, n in manifest["all"]["categories"].items():
+        tr = manifest["splits"]["train"]["categories"].get(cat, 0)
+        te = manifest["splits"]["test"]["categories"].get(cat, 0)
+        table.add_row(cat, str(tr), str(te), f"{n / total:.1%}")
+    table.add_row("[bold]total[/bold]", str(manifest["splits"]["train"]["count"]), str(manifest["splits"]["test"]["count"]), "100%")
+    console.print(table)
+    answers = manifest["all"]["answers"]
+    if answers:
+        n = sum(answers.values())
+        console.print("answers: " + "  ".join(f"{g} {c} ({c / n:.1%})" for g, c in answers.items()))
+    renders = manifest["all"]["renders"]
+    if renders:
+        n = sum(renders.values())
+        console.print("renders: " + "  ".join(f"{r} {c} ({c / n:.1%})" for r, c in renders.items()))
+    g = manifest["groups"]
+    console.print(f"split groups (puzzles up to renaming): train {g['train']}, test {g['test']}, shared {g['shared']}")
+
+
+@data_app.command("generate")
+def data_generate_cmd(
+    recipe: str = typer.Argument(..., help="Shipped recipe name or path to a recipe YAML."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    count: int | None = typer.Option(None, "--count", "-c", min=1, help="Total examples (keeps the recipe's proportions)."),
+    seed: int | None = typer.Option(None, "--seed", "-s", help="Override the recipe's seed."),
+) -> None:
+    """Generate a dataset: OUT/train.jsonl, OUT/test.jsonl and OUT/manifest.json.
+
+    Same recipe and seed give byte-identical files.
+
+    Example: [bold]slmlab data generate v6-golden --count 6650 -o data/v6[/bold]
+    """
+    from slmlab.data.recipes import generate_dataset
+
+    result = generate_dataset(recipe, out, count=count, seed=seed)
+    print_dataset_summary(result.manifest)
+    console.print(f"wrote {out}/train.jsonl, {out}/test.jsonl, {out}/manifest.json (content hash {result.manifest['content_hash'][:12]})")
+
+
+@data_app.command("inspect")
+def data_inspect_cmd(
+    file: Path = typer.Argument(..., help="A JSONL dataset file."),
+    tokenizer: str = typer.Option("smollm2-135m", "--tokenizer", help="Model spec whose tokenizer measures lengths, or 'none' for characters."),
+) -> None:
+    """Show categories, answer balance, a length histogram and duplicates of a dataset file.
+
+    Example: [bold]slmlab data inspect data/v6/train.jsonl[/bold]
+    """
+    from slmlab.data.check import inspect_file
+    from slmlab.models import load_tokenizer
+
+    tok = None if tokenizer == "none" else load_tokenizer(tokenizer)
+    rep = inspect_file(file, tok)
+    console.print(f"[bold]{rep.path}[/bold]: {rep.records} records, {rep.malformed_lines} malformed lines")
+    for title, counter in (("category", rep.categories), ("family", rep.families), ("answer", rep.answers), ("render", rep.renders)):
+        if not counter:
+            continue
+        table = Table(title=title)
+        table.add_column(title)
+        table.add_column("count", justify="right")
+        table.add_column("share", justify="right")
+        for key, n in counter.most_common():
+            table.add_row(str(key), str(n), f"{n / rep.records:.1%}")
+        console.print(table)
+    hist = Table(title=f"length (input+output, {rep.length_unit})")
+    hist.add_column("range")
+    hist.add_column("count", justify="right")
+    hist.add_column("")
+    peak = max((c for _, _, c in rep.histogram()), default=1) or 1
+    for lo, hi, c in rep.histogram():
+        hist.add_row(f"{lo}-{hi}", str(c), "█" * round(30 * c / peak))
+    console.print(hist)
+    console.print(f"duplicate (input, output) pairs: {rep.duplicate_pairs}; inputs with conflicting outputs: {rep.conflicting_inputs}")
+
+
+@data_app.command("validate")
+def data_validate_cmd(
+    file: Path = typer.Argument(..., help="A JSONL dataset file."),
+) -> None:
+    """Check a dataset: schema, unique ids, every logic answer re-solved, every tool call re-parsed.
+
+    Problems name file and line; the whole file is always checked. Exit code 1 if any.
+
+    Example: [bold]slmlab data validate data/v6/train.jsonl[/bold]
+    """
+    from slmlab.data.check import validate_file
+
+    rep = validate_file(file)
+    for e in rep.errors[:200]:
+        err_console.print(e, markup=False, highlight=False)
+    if len(rep.errors) > 200:
+        err_console.print(f"... and {len(rep.errors) - 200} more")
+    status = "[green]OK[/green]" if rep.ok else f"[red]{len(rep.errors)} problem(s)[/red]"
+    console.print(
+        f"{file}: {rep.records} records; {rep.logic_checked} logic answers re-solved, "
+        f"{rep.tools_checked} tool calls re-parsed: {status}"
+    )
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("solve")
+def data_solve_cmd(puzzle: str = typer.Argument(..., help="A puzzle in the glyph notation.")) -> None:
+    """Solve one puzzle: ● entailed, ○ its negation entailed, ◐ neither.
+
+    Example: [bold]slmlab data solve "P→Q,P?Q"[/bold]
+    """
+    from slmlab.data.logic import solve
+
+    console.print(solve(puzzle))
+
+
+@data_app.command("families")
+def data_families_cmd() -> None:
+    """List the logic puzzle families and the answers each can produce.
+
+    Example: [bold]slmlab data families[/bold]
+    """
+    from slmlab.data.logic import FAMILIES
+
+    table = Table(title="Logic families")
+    for col in ("family", "rule", "answers", "description"):
+        table.add_column(col)
+    for name, spec in FAMILIES.items():
+        table.add_row(name, spec.rule, " ".join(spec.answers), spec.description)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes its dataset."),
+    n_eval: int = typer.Option(20, "--n-eval", min=1, help="Held-out puzzles to ask the model."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec."),
+) -> None:
+    """Generate v6-golden, show it, and measure the base model on held-out puzzles beside chance.
+
+    Example: [bold]slmlab demo --n-eval 20[/bold]
+    """
+    from slmlab.demo import run_demo
+
+    _quiet_transformers()
+    run_demo(out, n_eval=n_eval, model=model, console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except SlmlabError as exc:
+        if os.environ.get("SLMLAB_DEBUG"):
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shared config plumbing: YAML loading and pydantic errors a person can act on.
+
+Every problem in a config is collected and reported at once, each naming the field
+as the user typed it (``categories[1].weight``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from slmlab.errors import SlmlabError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(SlmlabError):
+    """A config file (or dict) that does not validate; the message lists every problem."""
+
+
+def field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {field_path(err['loc'])}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate_model(model: type[M], data: object, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def load_yaml(path: str | Path) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # only parser/scanner errors carry a position
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
