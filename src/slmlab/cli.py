@@ -6,7 +6,6 @@ result with rich. User errors (SlmlabError) print as one clear message, exit cod
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -237,6 +236,74 @@ def data_families_cmd() -> None:
     for name, spec in FAMILIES.items():
         table.add_row(name, spec.rule, " ".join(spec.answers), spec.description)
     console.print(table)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train_cmd(
+    config: Path | None = typer.Argument(None, help="Training config YAML (not needed with --resume)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optimizer.lr=1e-4 (repeatable)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+) -> None:
+    """Fine-tune a model (LoRA or full; SFT, DPO or ORPO) and write a run directory.
+
+    Example: [bold]slmlab train examples/configs/quickstart.yaml --set max_steps=20[/bold]
+
+    Resume a killed run exactly: [bold]slmlab train --resume runs/quickstart[/bold]
+    """
+    from slmlab.train.config import load_train_config
+    from slmlab.train.loop import resume_run, run
+
+    _quiet_transformers()
+    if resume is not None:
+        result = resume_run(resume)
+    elif config is None:
+        raise SlmlabError("give a config file, or --resume RUN_DIR")
+    else:
+        result = run(load_train_config(config, set_))
+    t = result.summary.get("train", {})
+    console.print(
+        f"{result.status}: {result.steps} steps, final loss {t.get('final_loss') or float('nan'):.4f}, "
+        f"eval loss {result.eval_loss if result.eval_loss is not None else float('nan'):.4f}; run dir {result.run_dir}"
+    )
+
+
+@app.command("runs")
+def runs_cmd(output_dir: Path = typer.Option(Path("runs"), "--dir", help="Directory holding runs and index.sqlite.")) -> None:
+    """List training runs recorded in RUNS_DIR/index.sqlite.
+
+    Example: [bold]slmlab runs --dir runs[/bold]
+    """
+    from datetime import datetime
+
+    from slmlab.runs import list_runs
+
+    table = Table(title=f"Runs in {output_dir}")
+    for col in ("name", "status", "model", "objective", "step", "final loss", "eval loss", "updated"):
+        table.add_column(col)
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in list_runs(output_dir):
+        table.add_row(r.name, r.status, r.model, r.objective, str(r.step), fmt(r.final_loss), fmt(r.eval_loss),
+                      datetime.fromtimestamp(r.updated).strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the Hugging Face model."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the LoRA adapter into the base weights."),
+) -> None:
+    """Write a run's model as a standalone Hugging Face model directory (LoRA merged).
+
+    Example: [bold]slmlab export runs/quickstart --merge -o models/quickstart[/bold]
+    """
+    from slmlab.train.export import export_run
+
+    path = export_run(run_dir, out, merge=merge)
+    console.print(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------- demo

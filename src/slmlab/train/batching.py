@@ -1,0 +1,155 @@
+"""From (prompt, completion) pairs to packed training rows.
+
+Three guarantees live here, each tested:
+
+* **Completion-only targets.** Prompt and completion are tokenized separately and
+  concatenated, so the boundary is exact and identical to generation time (the prompt
+  is what the model will be given; the completion is what it must produce). Targets
+  are built from that boundary, never from "token != pad", so the EOS at the end of
+  every completion is supervised even when the tokenizer's pad token *is* EOS.
+* **Packing without cross-talk.** Several examples share a row; each restarts its
+  position ids at 0 and the row has no 2-D attention mask. transformers then builds
+  a block-diagonal causal mask from the position ids
+  (``masking_utils.find_packed_sequence_indices``), so no example attends to another.
+  Padding at a row's end is its own block with no targets.
+* **Targets are pre-shifted.** ``targets[t]`` is the token the model must predict at
+  position ``t`` (i.e. ``ids[t+1]``) or ``IGNORE``; the last position of each example
+  is always ``IGNORE``, so an example never predicts its neighbour's first token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example: token ids and pre-shifted targets (same length)."""
+
+    index: int  # position in the dataset, for error messages and resume checks
+    ids: list[int]
+    targets: list[int]
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(t != IGNORE for t in self.targets)
+
+
+@dataclass
+class EncodeStats:
+    total: int = 0
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    dropped: int = 0  # nothing left to supervise after truncation
+
+
+def encode_pair(index: int, prompt_ids: list[int], completion_ids: list[int], max_length: int) -> tuple[Encoded | None, str]:
+    """Join and truncate one pair. Returns (example or None if unusable, what happened).
+
+    Truncation keeps the completion: the prompt loses tokens from its *left* (its
+    beginning is usually instructions repeated across examples); only when the
+    completion alone is longer than the window is the completion cut at the right.
+    """
+    if not completion_ids:
+        return None, "dropped"
+    what = "ok"
+    room_for_prompt = max_length - len(completion_ids)
+    if room_for_prompt < 1:
+        # Keep one prompt token so there is a position that predicts the first completion token.
+        prompt_ids = prompt_ids[-1:]
+        completion_ids = completion_ids[: max_length - len(prompt_ids)]
+        what = "completion_truncated"
+    elif len(prompt_ids) > room_for_prompt:
+        prompt_ids = prompt_ids[-room_for_prompt:]
+        what = "prompt_truncated"
+    if not prompt_ids or not completion_ids:
+        return None, "dropped"
+    ids = prompt_ids + completion_ids
+    # Position t predicts ids[t+1]; supervise exactly the completion tokens.
+    targets = [IGNORE] * (len(prompt_ids) - 1) + completion_ids + [IGNORE]
+    return Encoded(index, ids, targets), what
+
+
+def encode_pairs(pairs: list[tuple[str, str]], tokenizer, max_length: int) -> tuple[list[Encoded], EncodeStats]:
+    """Tokenize (prompt, completion) pairs in two batched calls and join them."""
+    stats = EncodeStats(total=len(pairs))
+    if not pairs:
+        return [], stats
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    out: list[Encoded] = []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        enc, what = encode_pair(i, p, c, max_length)
+        if what != "ok":
+            setattr(stats, what, getattr(stats, what) + 1)
+        if enc is not None:
+            out.append(enc)
+    return out, stats
+
+
+@dataclass
+class Row:
+    """A packed row: several examples back to back."""
+
+    ids: list[int]
+    targets: list[int]
+    positions: list[int]
+    example_ids: list[int]  # per position: which example it belongs to (-1 for padding)
+
+
+def pack(examples: list[Encoded], max_length: int, packing: bool = True) -> list[Row]:
+    """Put examples into rows of at most ``max_length`` tokens (first-fit decreasing).
+
+    With ``packing=False`` every example gets its own row (the reference behaviour
+    the packing test compares against).
+    """
+    if not packing:
+        bins = [[e] for e in examples]
+    else:
+        bins: list[list[Encoded]] = []
+        room: list[int] = []
+        for e in sorted(examples, key=lambda e: (-len(e.ids), e.index)):
+            for b, free in enumerate(room):
+                if len(e.ids) <= free:
+                    bins[b].append(e)
+                    room[b] -= len(e.ids)
+                    break
+            else:
+                bins.append([e])
+                room.append(max_length - len(e.ids))
+    rows = []
+    for b in bins:
+        row = Row([], [], [], [])
+        for e in b:
+            row.ids += e.ids
+            row.targets += e.targets
+            row.positions += list(range(len(e.ids)))
+            row.example_ids += [e.index] * len(e.ids)
+        rows.append(row)
+    return rows
+
+
+def collate(rows: list[Row], pad_id: int):
+    """Stack rows into tensors, padding each to the longest row.
+
+    Padding is a separate block (positions restart at 0), so it attends only to
+    itself and has no targets: no attention mask is needed.
+    """
+    import torch
+
+    width = max(len(r.ids) for r in rows)
+    ids, targets, positions, example_ids = [], [], [], []
+    for r in rows:
+        pad = width - len(r.ids)
+        ids.append(r.ids + [pad_id] * pad)
+        targets.append(r.targets + [IGNORE] * pad)
+        positions.append(r.positions + list(range(pad)))
+        example_ids.append(r.example_ids + [-1] * pad)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+        "example_ids": torch.tensor(example_ids, dtype=torch.long),
+    }

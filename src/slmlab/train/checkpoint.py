@@ -1,0 +1,115 @@
+"""Checkpoints: weights (adapter or full), optimizer, scheduler, RNG states and the data position.
+
+A checkpoint is written into a temporary directory and renamed into place, so a kill
+at any moment leaves either the previous checkpoint or the new one, never half of one.
+The data position is the step number (the data plan is a pure function of seed and
+step), so restoring the step and the RNG states makes a resumed run continue exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from slmlab.data.formats import atomic_write_text
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    d = checkpoints_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _weights(model, adapter: str) -> dict[str, torch.Tensor]:
+    if adapter == "lora":
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    # Tied weights share storage; safetensors refuses shared tensors, so store each once by name.
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, adapter: str, state: dict, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_weights(model, adapter), str(tmp / "weights.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": list(_py_state())}, tmp / "rng.pt")
+    atomic_write_text(tmp / "state.json", json.dumps({**state, "adapter": adapter}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _py_state():
+    version, internal, gauss = random.getstate()
+    return version, list(internal), gauss
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, *, adapter: str) -> dict:
+    """Restore everything saved by :func:`save_checkpoint`; returns the saved state dict."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "weights.safetensors"))
+    if adapter == "lora":
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+        if unexpected:
+            raise ValueError(f"{path}: checkpoint does not match the adapter config (unexpected {unexpected[:3]})")
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        # Tied weights were stored once; anything else missing is a real mismatch.
+        real_missing = [k for k in missing if not _is_tied(model, k)]
+        if real_missing or unexpected:
+            raise ValueError(f"{path}: checkpoint does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def _is_tied(model, name: str) -> bool:
+    ptrs = {}
+    for n, t in model.state_dict().items():
+        ptrs.setdefault(t.data_ptr(), []).append(n)
+    return any(name in names and len(names) > 1 for names in ptrs.values())

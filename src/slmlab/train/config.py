@@ -1,0 +1,161 @@
+"""Training configuration: typed, validated before any model loads, saved resolved in the run dir."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from slmlab.config import ConfigError, load_yaml, validate_model
+from slmlab.errors import unknown_name_message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdapterConfig(_Strict):
+    kind: Literal["lora", "full"] = Field("lora", description="`lora` trains low-rank adapters; `full` trains every weight.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear` (every linear layer but the output head)."
+    )
+    layers: list[int] | None = Field(None, description="Only adapt these decoder layer indices (default: all).")
+
+
+class DataConfig(_Strict):
+    recipe: str | None = Field(None, description="A recipe name or YAML path; generated into the run dir.")
+    count: int | None = Field(None, gt=0, description="Total examples to generate from the recipe.")
+    train: str | None = Field(None, description="A training JSONL file (instead of a recipe).")
+    eval: str | None = Field(None, description="An evaluation JSONL file (default: the recipe's test split).")
+    format: str = Field("v6", description="Prompt template for records without their own `format`/`role`.")
+    max_length: int = Field(512, ge=8, description="Tokens per example after truncation (the prompt is cut from the left).")
+    packing: bool = Field(True, description="Pack several examples per row with block-diagonal attention.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.recipe is None) == (self.train is None):
+            raise ValueError("give exactly one of `data.recipe` or `data.train`")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    kind: Literal["sft", "dpo", "orpo"] = "sft"
+    beta: float = Field(0.1, gt=0, description="DPO temperature β.")
+    lam: float = Field(0.1, ge=0, description="ORPO weight λ of the odds-ratio term.")
+
+
+class OptimizerConfig(_Strict):
+    name: str = Field("adamw", description="adamw, apollo or apollo-mini.")
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra optimizer arguments (e.g. rank for APOLLO).")
+
+
+class ScheduleConfig(_Strict):
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak (cosine/linear).")
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(text: str | int | float | None) -> float | None:
+    """'10m', '1h30m', '90s' or a number of seconds → seconds."""
+    if text is None or isinstance(text, int | float):
+        return None if text is None else float(text)
+    m = _DURATION.match(text)
+    if not m or not any(m.groups()):
+        raise ValueError(f"expected a duration like '10m', '1h30m' or '90s', got {text!r}")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs. Unknown keys are errors."""
+
+    name: str = Field("run", description="Run name: the run directory is output_dir/name.")
+    model: str = Field("smollm2-135m", description="Model spec (see `slmlab models`).")
+    seed: int = 0
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    time_budget: str | float | None = Field(None, description="Stop cleanly and save after this long, e.g. '10m'.")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    log_every: int = Field(1, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="Evaluate the held-out loss every N steps.")
+    save_every: int | None = Field(50, ge=1, description="Checkpoint every N steps (and always at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
+    output_dir: str = "runs"
+    trackers: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, trackio (metrics.jsonl always).")
+    context_frozen: bool = Field(False, description="Run the prompt without gradients and train on the continuation only.")
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, v):
+        parse_duration(v)
+        return v
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return parse_duration(self.time_budget)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _suggest_unknown_keys(data: dict, model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    """'did you mean' hints for unknown keys, walking nested sections."""
+    hints = []
+    for key, value in data.items():
+        fields = model.model_fields
+        if key not in fields:
+            hints.append(f"{prefix}{key}: " + unknown_name_message("key", key, list(fields)))
+            continue
+        sub = fields[key].annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            hints += _suggest_unknown_keys(value, sub, f"{prefix}{key}.")
+    return hints
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> TrainConfig:
+    """Load a YAML config, apply ``key=value`` overrides (values parsed as YAML), validate."""
+    raw = dict(data or {})
+    source = "config"
+    if path is not None:
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+        raw, source = loaded, str(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    hints = _suggest_unknown_keys(raw)
+    if hints:
+        raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(f"  - {h}" for h in hints))
+    return validate_model(TrainConfig, raw, source)

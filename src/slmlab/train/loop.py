@@ -1,0 +1,485 @@
+"""The training loop: one function that reads top to bottom.
+
+    setup: validate config → build data (before the model loads) → model + adapter
+           → optimizer + schedule → accelerator → resume if asked
+    loop:  lr → micro-batches of this step → count supervised units over the whole step
+           → forward/backward each (loss sum / step count) → clip → step → log
+           → eval / checkpoint / time budget
+
+The loss of an optimizer step is normalised by the number of supervised tokens (or
+preference pairs) in the *whole accumulated step*, summed across processes; so
+batch 8 × accumulation 1 and batch 2 × accumulation 4 give the same gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from slmlab.data.formats import atomic_write_text, iter_jsonl
+from slmlab.errors import SlmlabError
+from slmlab.runs import record_run, write_json
+from slmlab.train.batching import EncodeStats, Encoded, collate, encode_pairs, pack
+from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from slmlab.train.config import TrainConfig, load_train_config
+from slmlab.train.objectives import OBJECTIVES, SupervisedLM
+
+
+class TrainingError(SlmlabError):
+    """The run cannot go on (NaN loss, empty data, …); the message says where and why."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    losses: list[float]
+    eval_loss: float | None
+    status: str
+    summary: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _records_to_pairs(records: list[dict], default_format: str, tokenizer, where: str) -> list[tuple[str, str]]:
+    from slmlab.data.roles import load_template, render
+
+    cache: dict[str, object] = {}
+    pairs = []
+    for i, rec in enumerate(records):
+        name = rec.get("role") or rec.get("format") or default_format
+        if name not in cache:
+            cache[name] = load_template(name)
+        for key in ("input", "output"):
+            if not isinstance(rec.get(key), str):
+                raise TrainingError(f"{where}: record {i + 1} has no string field {key!r}")
+        pairs.append(render(rec, cache[name], tokenizer))
+    return pairs
+
+
+def _preference_pairs(records: list[dict], default_format: str, tokenizer, where: str) -> list[tuple[str, str]]:
+    """Pair k becomes examples 2k (prompt, chosen) and 2k+1 (prompt, rejected)."""
+    out = []
+    for i, rec in enumerate(records):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(rec.get(key), str):
+                raise TrainingError(f"{where}: preference record {i + 1} needs string fields prompt, chosen, rejected (missing {key!r})")
+        for answer in (rec["chosen"], rec["rejected"]):
+            out += _records_to_pairs([{**rec, "input": rec["prompt"], "output": answer}], default_format, tokenizer, where)
+    return out
+
+
+def _load_records(path: Path) -> list[dict]:
+    return [line.record for line in iter_jsonl(path)]
+
+
+def prepare_data(config: TrainConfig, run_dir: Path, tokenizer) -> tuple[list[Encoded], list[Encoded], EncodeStats]:
+    """Build, render and tokenize the data; every data error surfaces here, before the model loads."""
+    if config.data.recipe:
+        from slmlab.data.recipes import generate_dataset
+
+        ds = generate_dataset(config.data.recipe, run_dir / "data", count=config.data.count, seed=config.seed)
+        train_recs, eval_recs = ds.train, ds.test
+        where = f"recipe {config.data.recipe}"
+    else:
+        train_recs = _load_records(Path(config.data.train))
+        eval_recs = _load_records(Path(config.data.eval)) if config.data.eval else []
+        where = config.data.train
+    if not train_recs:
+        raise TrainingError(f"{where}: the training data is empty")
+    to_pairs = _records_to_pairs if config.objective.kind == "sft" else _preference_pairs
+    train_pairs = to_pairs(train_recs, config.data.format, tokenizer, where)
+    eval_pairs = to_pairs(eval_recs, config.data.format, tokenizer, where) if eval_recs else []
+    train, stats = encode_pairs(train_pairs, tokenizer, config.data.max_length)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, config.data.max_length)
+    if config.objective.kind != "sft":
+        train, evals = _complete_pairs(train), _complete_pairs(evals)
+    if not train:
+        raise TrainingError(
+            f"{where}: all {stats.total} examples were dropped: no completion token survives max_length="
+            f"{config.data.max_length}. Raise data.max_length."
+        )
+    return train, evals, stats
+
+
+def _complete_pairs(examples: list[Encoded]) -> list[Encoded]:
+    """Drop preference pairs that lost one side to truncation."""
+    present = {e.index for e in examples}
+    return [e for e in examples if (e.index ^ 1) in present]
+
+
+def _units(examples: list[Encoded], objective: str) -> list[list[Encoded]]:
+    """Scheduling units: single examples for SFT, (chosen, rejected) pairs for preferences."""
+    if objective == "sft":
+        return [[e] for e in examples]
+    by_index = {e.index: e for e in examples}
+    return [[by_index[i], by_index[i + 1]] for i in sorted(by_index) if i % 2 == 0]
+
+
+class DataPlan:
+    """Which units each optimizer step sees: a seeded permutation per epoch, so any step can be recomputed.
+
+    That is what makes resume exact: the data position is just the step number.
+    """
+
+    def __init__(self, units: list[list[Encoded]], batch_size: int, grad_accum: int, world: int, seed: int):
+        self.units, self.batch_size, self.grad_accum, self.world, self.seed = units, batch_size, grad_accum, world, seed
+        self.per_step = batch_size * grad_accum * world
+        self.steps_per_epoch = max(1, math.ceil(len(units) / self.per_step))
+        self._perm_epoch, self._perm = -1, []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._perm_epoch:
+            order = list(range(len(self.units)))
+            random.Random(f"{self.seed}:epoch:{epoch}").shuffle(order)
+            self._perm_epoch, self._perm = epoch, order
+        return self._perm
+
+    def step_micro_batches(self, step: int) -> list[list[list[Encoded]]]:
+        """All micro-batches (lists of units) of ``step`` across every process, in order."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        chosen = [self.units[i] for i in perm[k * self.per_step : (k + 1) * self.per_step]]
+        return [chosen[i : i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
+
+
+def _batch(units: list[list[Encoded]], max_length: int, packing: bool, pad_id: int) -> dict:
+    examples = [e for u in units for e in u]
+    return collate(pack(examples, max_length, packing), pad_id)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(config: TrainConfig):
+    from slmlab.models import load
+
+    model, tokenizer = load(config.model, seed=config.seed)
+    if config.adapter.kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        a = config.adapter
+        lora = LoraConfig(
+            r=a.r,
+            lora_alpha=a.alpha,
+            lora_dropout=a.dropout,
+            target_modules=a.target_modules,
+            layers_to_transform=a.layers,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    return model, tokenizer
+
+
+def make_schedule(optimizer, config: TrainConfig, total_steps: int):
+    import torch
+
+    s = config.schedule
+
+    def factor(step: int) -> float:
+        if step < s.warmup_steps:
+            return (step + 1) / (s.warmup_steps + 1)
+        if s.kind == "constant":
+            return 1.0
+        progress = (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps)
+        progress = min(1.0, progress)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if s.kind == "cosine" else 1 - progress
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _evaluate(model: SupervisedLM, evals: list[Encoded], config: TrainConfig, pad_id: int) -> float | None:
+    """Mean held-out loss per token (SFT) or per pair (preferences)."""
+    import torch
+
+    if not evals:
+        return None
+    loss_fn = OBJECTIVES[config.objective.kind]
+    units = _units(evals, config.objective.kind)
+    total, norm = 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(units), config.batch_size):
+            batch = _batch(units[i : i + config.batch_size], config.data.max_length, config.data.packing, pad_id)
+            parts = _call_objective(loss_fn, model, batch, config)
+            total += parts.total.item()
+            norm += parts.normaliser
+    model.train(was_training)
+    return total / norm if norm else None
+
+
+def _call_objective(loss_fn, model, batch, config: TrainConfig):
+    kind = config.objective.kind
+    if kind == "dpo":
+        return loss_fn(model, batch, beta=config.objective.beta)
+    if kind == "orpo":
+        return loss_fn(model, batch, lam=config.objective.lam)
+    return loss_fn(model, batch)
+
+
+def _step_normaliser(micro: list[list[list[Encoded]]], objective: str) -> float:
+    if objective == "sft":
+        return float(sum(e.n_supervised for mb in micro for u in mb for e in u))
+    return float(sum(len(mb) for mb in micro))
+
+
+def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult:
+    """Train according to ``config``; with ``resume`` continue the run in ``config.run_dir`` exactly.
+
+    ``on_step(step, metrics)`` is called after every optimizer step (tests use it to
+    interrupt a run; the health monitor will use it to watch one).
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from slmlab.models import load_tokenizer
+    from slmlab.train.optim import build_optimizer, optimizer_state_bytes
+
+    run_dir = config.run_dir
+    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise TrainingError(f"{run_dir}: nothing to resume (no config.yaml)")
+    elif (run_dir / "config.yaml").exists():
+        raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None, project_dir=str(run_dir))
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # Data first: a bad dataset must fail before a model is loaded.
+    tokenizer = load_tokenizer(config.model)
+    train, evals, enc_stats = prepare_data(config, run_dir, tokenizer)
+    units = _units(train, config.objective.kind)
+    plan = DataPlan(units, config.batch_size, config.grad_accum, world, config.seed)
+    total_steps = math.ceil(config.epochs * plan.steps_per_epoch)
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model, tokenizer = build_model(config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt_cfg = config.optimizer
+    optimizer = build_optimizer(opt_cfg.name, trainable, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, **opt_cfg.kwargs)
+    scheduler = make_schedule(optimizer, config, total_steps)
+    wrapped = SupervisedLM(model)
+    wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
+    loss_fn = OBJECTIVES[config.objective.kind]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    start_step, elapsed_before, tokens_seen = 0, 0.0, 0
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
+        start_step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
+        _truncate_metrics(metrics_path, start_step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    if config.trackers:
+        accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
+
+    record_run(run_dir, name=config.name, status="running", model=config.model, objective=config.objective.kind,
+               config_yaml=config_yaml, step=start_step)
+    budget = config.time_budget_seconds
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    status = "completed"
+    step = start_step
+    progress = _Progress(total_steps, start_step, enabled=accelerator.is_main_process)
+    with progress:
+        while step < total_steps:
+            micro = plan.step_micro_batches(step)
+            norm = _step_normaliser(micro, config.objective.kind)
+            mine = micro[rank::world]
+            t_step = time.perf_counter()
+            step_loss, step_tokens = 0.0, 0
+            for i, mb in enumerate(mine):
+                batch = _batch(mb, config.data.max_length, config.data.packing, pad_id)
+                ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else _null()
+                with ctx:
+                    parts = _call_objective(loss_fn, wrapped, batch, config)
+                    # DDP averages gradients over processes; multiply back so the total is sum / norm.
+                    accelerator.backward(parts.total * world / norm)
+                step_loss += parts.total.item()
+                step_tokens += int((batch["input_ids"].numel()))
+            loss = _reduce_sum(accelerator, step_loss) / norm
+            if not math.isfinite(loss):
+                ids = sorted(e.index for mb in micro for u in mb for e in u)
+                raise TrainingError(f"step {step}: loss is {loss}; examples in this step: {ids[:32]}")
+            grad_norm = None
+            if config.max_grad_norm:
+                grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += step_tokens * world
+            dt = time.perf_counter() - t_step
+            losses.append(loss)
+            metrics = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "tokens": tokens_seen, "tokens_per_s": step_tokens * world / dt if dt else None,
+                       "elapsed": elapsed_before + time.perf_counter() - t0}
+            if config.eval_every and step % config.eval_every == 0:
+                metrics["eval_loss"] = _evaluate(wrapped, evals, config, pad_id)
+            if accelerator.is_main_process and (step % config.log_every == 0 or step == total_steps):
+                _append_metrics(metrics_path, metrics)
+                if config.trackers:
+                    accelerator.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=step)
+            progress.update(step, metrics)
+            out_of_time = budget is not None and metrics["elapsed"] >= budget
+            if (config.save_every and step % config.save_every == 0) or out_of_time or step == total_steps:
+                _save(accelerator, run_dir, step, model, optimizer, scheduler, config, metrics, tokens_seen)
+            if on_step is not None:
+                on_step(step, metrics)
+            if out_of_time and step < total_steps:
+                status = "stopped: time budget"
+                break
+
+    eval_loss = _evaluate(wrapped, evals, config, pad_id)
+    summary = {}
+    if accelerator.is_main_process:
+        _save_final(run_dir, model, tokenizer, config)
+        summary = {
+            "run": {"name": config.name, "model": config.model, "status": status, "steps": step, "total_steps": total_steps},
+            "train": {"final_loss": losses[-1] if losses else None, "eval_loss": eval_loss, "tokens_seen": tokens_seen,
+                      "examples": len(train), "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                      "truncated_prompts": enc_stats.prompt_truncated, "truncated_completions": enc_stats.completion_truncated,
+                      "dropped_examples": enc_stats.dropped},
+            "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       "optimizer_state_bytes": optimizer_state_bytes(optimizer),
+                       "trainable_params": sum(p.numel() for p in trainable)},
+            "versions": _versions(),
+        }
+        write_json(run_dir / "results.json", summary)
+        record_run(run_dir, name=config.name, status=status, model=config.model, objective=config.objective.kind,
+                   config_yaml=config_yaml, step=step, final_loss=losses[-1] if losses else None, eval_loss=eval_loss,
+                   summary=summary)
+    if config.trackers:
+        accelerator.end_training()
+    return RunResult(run_dir, step, losses, eval_loss, status, summary)
+
+
+def resume_run(run_dir: str | Path, on_step=None) -> RunResult:
+    """Continue a run from its last checkpoint, with its own saved config."""
+    run_dir = Path(run_dir)
+    config = load_train_config(run_dir / "config.yaml")
+    if config.run_dir.resolve() != run_dir.resolve():
+        # The run was moved: keep its name, point output_dir at where it is now.
+        config = config.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    return run(config, resume=True, on_step=on_step)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _reduce_sum(accelerator, value: float) -> float:
+    import torch
+
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum").item())
+
+
+def _append_metrics(path: Path, metrics: dict) -> None:
+    import json
+
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget lines logged after the checkpoint: they will be logged again."""
+    import json
+
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _save(accelerator, run_dir, step, model, optimizer, scheduler, config: TrainConfig, metrics, tokens_seen) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind,
+                        state={"step": step, "elapsed": metrics["elapsed"], "tokens_seen": tokens_seen},
+                        keep=config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _save_final(run_dir: Path, model, tokenizer, config: TrainConfig) -> None:
+    """adapter/ (PEFT format) or model/ (HF format), written to a temp dir and renamed."""
+    target = run_dir / ("adapter" if config.adapter.kind == "lora" else "model")
+    tmp = run_dir / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _versions() -> dict:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from slmlab import __version__
+
+    return {"slmlab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+class _Progress:
+    """A rich progress bar with loss, lr, tokens/s and ETA; silent on non-main processes."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn())
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False
+
+    def update(self, step: int, m: dict) -> None:
+        if self.enabled:
+            tps = f"{m['tokens_per_s']:.0f} tok/s" if m.get("tokens_per_s") else ""
+            self.bar.update(self.task, completed=step, info=f"loss {m['loss']:.4f} lr {m['lr']:.2e} {tps}")

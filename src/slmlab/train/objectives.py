@@ -1,0 +1,129 @@
+"""Training objectives over supervised-token log-probabilities.
+
+The language-model head runs only at supervised positions: on prompt-heavy data
+(a 20-token puzzle, a 2-token answer) most positions have no target, and the head
+(hidden × vocabulary, 576 × 49152 for SmolLM2) is one of the costliest matmuls in
+the model. Selecting the positions first changes nothing in the maths.
+
+Every objective returns the *sum* of its per-token (SFT) or per-example (DPO, ORPO)
+terms together with the count it should be normalised by; the loop divides by the
+count over the whole accumulated step, so micro-batching never changes the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmlab.train.batching import IGNORE
+
+
+class SupervisedLM(nn.Module):
+    """Wraps a causal LM so that forward returns log p(target) at supervised positions only.
+
+    It is the module handed to ``accelerator.prepare``: DDP must see the forward that
+    produces the loss, so the decoder/head split has to happen inside it.
+    """
+
+    def __init__(self, causal_lm: nn.Module):
+        super().__init__()
+        self.lm = causal_lm
+
+    def _core(self) -> nn.Module:
+        # PeftModel -> LoraModel -> the transformers model; plain models are returned as is.
+        lm = self.lm
+        return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+    def forward(self, input_ids, position_ids, targets, reference: bool = False):
+        core = self._core()
+        if reference:
+            # DPO reference = the base model with the adapter switched off: no second copy in memory.
+            with torch.no_grad(), self.lm.disable_adapter():
+                return self._token_logprobs(core, input_ids, position_ids, targets)
+        return self._token_logprobs(core, input_ids, position_ids, targets)
+
+    @staticmethod
+    def _token_logprobs(core, input_ids, position_ids, targets):
+        hidden = core.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        mask = targets != IGNORE
+        logits = core.get_output_embeddings()(hidden[mask]).float()  # [n_supervised, vocab]
+        return -F.cross_entropy(logits, targets[mask], reduction="none")
+
+
+@dataclass
+class LossParts:
+    """Sum of the loss terms and what it is normalised by, plus numbers worth logging."""
+
+    total: torch.Tensor
+    normaliser: float
+    logs: dict[str, float]
+
+
+def sft_loss(model: SupervisedLM, batch: dict) -> LossParts:
+    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
+    nll = -logp.sum()
+    n = float(logp.numel())
+    return LossParts(nll, n, {"nll_sum": nll.item(), "tokens": n})
+
+
+def per_example_sums(values: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum per-token values by example; returns (example ids, sums, token counts), ids ascending."""
+    mask = batch["targets"] != IGNORE
+    owners = batch["example_ids"][mask]
+    ids, inverse = torch.unique(owners, sorted=True, return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=values.dtype, device=values.device).index_add(0, inverse, values)
+    counts = torch.zeros(len(ids), dtype=values.dtype, device=values.device).index_add(0, inverse, torch.ones_like(values))
+    return ids, sums, counts
+
+
+def _chosen_rejected(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preference batches encode pair k as example ids 2k (chosen) and 2k+1 (rejected)."""
+    by_id = dict(zip(ids.tolist(), range(len(ids))))
+    pairs = sorted({i // 2 for i in by_id})
+    chosen = torch.stack([values[by_id[2 * k]] for k in pairs])
+    rejected = torch.stack([values[by_id[2 * k + 1]] for k in pairs])
+    return chosen, rejected
+
+
+def dpo_loss(model: SupervisedLM, batch: dict, beta: float = 0.1) -> LossParts:
+    """Sigmoid DPO (Rafailov et al. 2023): -log σ(β[(π_c − ref_c) − (π_r − ref_r)]), summed over pairs."""
+    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
+    ref = model(batch["input_ids"], batch["position_ids"], batch["targets"], reference=True)
+    ids, pol_sum, _ = per_example_sums(logp, batch)
+    _, ref_sum, _ = per_example_sums(ref, batch)
+    pc, pr = _chosen_rejected(ids, pol_sum)
+    rc, rr = _chosen_rejected(ids, ref_sum)
+    margin = beta * ((pc - rc) - (pr - rr))
+    losses = -F.logsigmoid(margin)
+    return LossParts(
+        losses.sum(),
+        float(len(losses)),
+        {"reward_margin_sum": margin.sum().item() / beta, "reward_acc_sum": (margin > 0).float().sum().item(), "pairs": len(losses)},
+    )
+
+
+def orpo_loss(model: SupervisedLM, batch: dict, lam: float = 0.1) -> LossParts:
+    """ORPO (Hong et al. 2024): NLL(chosen) + λ·(−log σ(log odds_c − log odds_r)), per pair.
+
+    Log-probabilities are averaged per token, as in the paper and TRL, and
+    ``log odds = log p − log(1 − p)``.
+    """
+    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
+    ids, sums, counts = per_example_sums(logp, batch)
+    mean_logp = sums / counts
+    c, r = _chosen_rejected(ids, mean_logp)
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    ratio = -F.logsigmoid(log_odds)
+    nll = -c  # per-token mean NLL of the chosen completion, per pair
+    losses = nll + lam * ratio
+    return LossParts(
+        losses.sum(),
+        float(len(losses)),
+        {"nll_sum": nll.sum().item(), "or_sum": ratio.sum().item(), "pairs": len(losses)},
+    )
+
+
+OBJECTIVES = {"sft": sft_loss, "dpo": dpo_loss, "orpo": orpo_loss}
