@@ -33,11 +33,12 @@ def test_only_completion_tokens_are_supervised_and_eos_is_one_of_them(tokenizer)
 
 
 def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_completion():
-    enc, what = encode_pair(0, list(range(10, 30)), [1, 2, 3], max_length=8)
+    assert encode_pair(0, list(range(10, 30)), [1, 2, 3], max_length=8) == (None, "dropped")  # default: drop
+    enc, what = encode_pair(0, list(range(10, 30)), [1, 2, 3], max_length=8, truncation="left")
     assert what == "prompt_truncated"
     assert enc.ids == [25, 26, 27, 28, 29, 1, 2, 3]
     assert [t for t in enc.targets if t != IGNORE] == [1, 2, 3]
-    enc, what = encode_pair(0, [5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9], max_length=4)
+    enc, what = encode_pair(0, [5, 6], [1, 2, 3, 4, 5, 6, 7, 8, 9], max_length=4, truncation="left")
     assert what == "completion_truncated" and enc.ids == [6, 1, 2, 3]
     assert encode_pair(0, [5], [], max_length=4) == (None, "dropped")
 

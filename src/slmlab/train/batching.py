@@ -45,14 +45,19 @@ class EncodeStats:
     dropped: int = 0  # nothing left to supervise after truncation
 
 
-def encode_pair(index: int, prompt_ids: list[int], completion_ids: list[int], max_length: int) -> tuple[Encoded | None, str]:
-    """Join and truncate one pair. Returns (example or None if unusable, what happened).
+def encode_pair(
+    index: int, prompt_ids: list[int], completion_ids: list[int], max_length: int, truncation: str = "drop"
+) -> tuple[Encoded | None, str]:
+    """Join one pair, handling examples longer than ``max_length``. Returns (example or None, what happened).
 
-    Truncation keeps the completion: the prompt loses tokens from its *left* (its
-    beginning is usually instructions repeated across examples); only when the
-    completion alone is longer than the window is the completion cut at the right.
+    ``truncation="drop"`` (the default) drops such examples: cutting a puzzle's premises
+    can change its right answer, so a verified label would silently become a wrong one.
+    ``truncation="left"`` keeps the completion and cuts the prompt from its *left*; only
+    when the completion alone is longer than the window is the completion cut at the right.
     """
     if not completion_ids:
+        return None, "dropped"
+    if len(prompt_ids) + len(completion_ids) > max_length and truncation == "drop":
         return None, "dropped"
     what = "ok"
     room_for_prompt = max_length - len(completion_ids)
@@ -72,7 +77,9 @@ def encode_pair(index: int, prompt_ids: list[int], completion_ids: list[int], ma
     return Encoded(index, ids, targets), what
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer, max_length: int) -> tuple[list[Encoded], EncodeStats]:
+def encode_pairs(
+    pairs: list[tuple[str, str]], tokenizer, max_length: int, truncation: str = "drop"
+) -> tuple[list[Encoded], EncodeStats]:
     """Tokenize (prompt, completion) pairs in two batched calls and join them."""
     stats = EncodeStats(total=len(pairs))
     if not pairs:
@@ -81,7 +88,7 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer, max_length: int) -> tu
     completions = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
     out: list[Encoded] = []
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        enc, what = encode_pair(i, p, c, max_length)
+        enc, what = encode_pair(i, p, c, max_length, truncation)
         if what != "ok":
             setattr(stats, what, getattr(stats, what) + 1)
         if enc is not None:

@@ -34,7 +34,10 @@ class DataConfig(_Strict):
     train: str | None = Field(None, description="A training JSONL file (instead of a recipe).")
     eval: str | None = Field(None, description="An evaluation JSONL file (default: the recipe's test split).")
     format: str = Field("v6", description="Prompt template for records without their own `format`/`role`.")
-    max_length: int = Field(512, ge=8, description="Tokens per example after truncation (the prompt is cut from the left).")
+    max_length: int = Field(512, ge=8, description="Longest example in tokens (prompt + completion).")
+    truncation: Literal["drop", "left"] = Field(
+        "drop", description="Longer examples: `drop` them (default; a cut puzzle may have another answer) or cut the prompt from the `left`."
+    )
     packing: bool = Field(True, description="Pack several examples per row with block-diagonal attention.")
 
     @model_validator(mode="after")
@@ -91,7 +94,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(None, ge=1, description="Train exactly this many optimizer steps (overrides epochs).")
     time_budget: str | float | None = Field(None, description="Stop cleanly and save after this long, e.g. '10m'.")
     max_grad_norm: float | None = Field(1.0, gt=0)
     log_every: int = Field(1, ge=1)

@@ -98,14 +98,14 @@ def prepare_data(config: TrainConfig, run_dir: Path, tokenizer) -> tuple[list[En
     to_pairs = _records_to_pairs if config.objective.kind == "sft" else _preference_pairs
     train_pairs = to_pairs(train_recs, config.data.format, tokenizer, where)
     eval_pairs = to_pairs(eval_recs, config.data.format, tokenizer, where) if eval_recs else []
-    train, stats = encode_pairs(train_pairs, tokenizer, config.data.max_length)
-    evals, _ = encode_pairs(eval_pairs, tokenizer, config.data.max_length)
+    train, stats = encode_pairs(train_pairs, tokenizer, config.data.max_length, config.data.truncation)
+    evals, _ = encode_pairs(eval_pairs, tokenizer, config.data.max_length, config.data.truncation)
     if config.objective.kind != "sft":
         train, evals = _complete_pairs(train), _complete_pairs(evals)
     if not train:
         raise TrainingError(
-            f"{where}: all {stats.total} examples were dropped: no completion token survives max_length="
-            f"{config.data.max_length}. Raise data.max_length."
+            f"{where}: all {stats.total} examples were dropped: none fits max_length={config.data.max_length} "
+            f"with its completion (truncation={config.data.truncation!r}). Raise data.max_length."
         )
     return train, evals, stats
 
@@ -254,25 +254,27 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
 
     run_dir = config.run_dir
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None, project_dir=str(run_dir))
+    world, rank = accelerator.num_processes, accelerator.process_index
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise TrainingError(f"{run_dir}: nothing to resume (no config.yaml)")
     elif (run_dir / "config.yaml").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    accelerator.wait_for_everyone()  # every process has checked before the main one writes
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None, project_dir=str(run_dir))
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    # Data first: a bad dataset must fail before a model is loaded.
+    # Data first: a bad dataset must fail before a model is loaded. The main process
+    # generates first; the others regenerate the same bytes (generation is deterministic).
     tokenizer = load_tokenizer(config.model)
-    train, evals, enc_stats = prepare_data(config, run_dir, tokenizer)
+    with accelerator.main_process_first():
+        train, evals, enc_stats = prepare_data(config, run_dir, tokenizer)
     units = _units(train, config.objective.kind)
     plan = DataPlan(units, config.batch_size, config.grad_accum, world, config.seed)
-    total_steps = math.ceil(config.epochs * plan.steps_per_epoch)
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
+    # As in transformers: max_steps, when given, overrides epochs (the data cycles).
+    total_steps = config.max_steps or math.ceil(config.epochs * plan.steps_per_epoch)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -291,14 +293,16 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
         start_step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
-        _truncate_metrics(metrics_path, start_step)
-    elif metrics_path.exists():
+        if accelerator.is_main_process:
+            _truncate_metrics(metrics_path, start_step)
+    elif metrics_path.exists() and accelerator.is_main_process:
         metrics_path.unlink()
     if config.trackers:
         accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
 
-    record_run(run_dir, name=config.name, status="running", model=config.model, objective=config.objective.kind,
-               config_yaml=config_yaml, step=start_step)
+    if accelerator.is_main_process:
+        record_run(run_dir, name=config.name, status="running", model=config.model, objective=config.objective.kind,
+                   config_yaml=config_yaml, step=start_step)
     budget = config.time_budget_seconds
     t0 = time.perf_counter()
     losses: list[float] = []
