@@ -1,0 +1,39 @@
+"""Two CPU processes (gloo) train the same run as one process with twice the accumulation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from slmlab.data.formats import write_jsonl
+from slmlab.train.config import load_train_config
+from slmlab.train.loop import run
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    records = [{"id": str(i), "input": f"P{i}→Q{i},P{i}?Q{i}", "output": "●", "category": "t", "family": "f"} for i in range(32)]
+    write_jsonl(tmp_path / "train.jsonl", records)
+    base = {
+        "model": "tiny-random", "output_dir": str(tmp_path / "runs"),
+        "adapter": {"kind": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train": str(tmp_path / "train.jsonl"), "max_length": 64},
+        "optimizer": {"lr": 1e-2}, "batch_size": 2, "max_steps": 3, "save_every": None,
+    }
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump({**base, "name": "ddp", "grad_accum": 2}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "slmlab", "train", str(cfg_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_losses = [json.loads(line)["loss"] for line in (tmp_path / "runs/ddp/metrics.jsonl").read_text().splitlines()]
+
+    # Same 8 examples per step: 2 processes × batch 2 × accum 2 == 1 process × batch 2 × accum 4.
+    single = run(load_train_config(data={**base, "name": "single", "grad_accum": 4}))
+    assert len(ddp_losses) == 3
+    for a, b in zip(ddp_losses, single.losses):
+        assert abs(a - b) < 1e-5, (ddp_losses, single.losses)
