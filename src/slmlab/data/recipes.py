@@ -87,6 +87,7 @@ class GenContext:
 
     base_dir: Path
     category: str
+    seed: int
 
 
 @dataclass
@@ -105,12 +106,14 @@ def _logic_generator(rng: random.Random, count: int, params: dict, ctx: GenConte
     render = params.pop("render", "pure")
     if render not in ("pure", "hybrid"):
         raise ConfigError(f"category {ctx.category!r}: params.render must be 'pure' or 'hybrid', got {render!r}")
-    families = params.pop("families", None)
-    answers = params.pop("answers", None)
-    items = logic.generate_items(rng, count, families=families, answers=answers, **params)
+    # Graded puzzles (◕ ◔) are about likelihood, not entailment: a recipe opts in by naming the family.
+    families = params.pop("families", None) or [f for f in logic.FAMILIES if f != "graded"]
+    answer = params.pop("answer", None)
+    pool_size = params.pop("pool_size", logic.DEFAULT_POOL_SIZE)
+    # The shape pool follows the recipe seed, so another seed gives other puzzles, not just other letters.
+    items = logic.generate_pure(rng, count, families, answer, pool_size=pool_size, pool_seed=ctx.seed, **params)
     out = []
     for item in items:
-        key = logic.canonical_key(item.text)
         if render == "pure":
             record = {"input": item.text, "output": item.answer, "family": item.family, "render": "pure"}
         else:
@@ -118,7 +121,7 @@ def _logic_generator(rng: random.Random, count: int, params: dict, ctx: GenConte
             record = {"input": question, "output": answer_line, "family": item.family, "render": "hybrid"}
         record["answer"] = item.answer
         record["puzzle"] = item.text
-        out.append(Example(record, "logic:" + key))
+        out.append(Example(record, "logic:" + item.key))
     return out
 
 
@@ -265,7 +268,7 @@ def _generate_category(cat: Category, n: int, seed: int, base_dir: Path) -> list
     """Generate ``n`` unique examples, topping up after duplicates are dropped."""
     # A string seed is hashed with SHA-512 by `random`, so this is stable across runs and machines.
     rng = random.Random(f"{seed}:{cat.name}")
-    ctx = GenContext(base_dir=base_dir, category=cat.name)
+    ctx = GenContext(base_dir=base_dir, category=cat.name, seed=seed)
     seen: set[tuple[str, str]] = set()
     kept: list[Example] = []
     for _attempt in range(50):
