@@ -277,9 +277,7 @@ def _generate_category(cat: Category, n: int, seed: int, base_dir: Path) -> list
             break
         try:
             batch = GENERATORS[cat.generator](rng, need, cat.params, ctx)
-        except SlmlabError:
-            raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # SlmlabError included: add which category it was
             raise ConfigError(f"category {cat.name!r} ({cat.generator}): {exc}") from None
         for ex in batch:
             k = (ex.record["input"], ex.record["output"])
