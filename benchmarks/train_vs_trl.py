@@ -36,7 +36,8 @@ def build_data(work: Path, n_train: int, n_eval: int) -> None:
     from slmlab.data.roles import load_template, render
     from slmlab.models import load_tokenizer
 
-    ds = generate_dataset("v6-golden", work / "data", count=int((n_train + n_eval) / 0.85) + 10, seed=SEED)
+    # The test split is ~10% (whole puzzle groups), so size the dataset for the larger need.
+    ds = generate_dataset("v6-golden", work / "data", count=max(int(n_train / 0.85), int(n_eval / 0.07)) + 10, seed=SEED)
     train, test = ds.train[:n_train], ds.test[:n_eval]
     if len(train) < n_train or len(test) < n_eval:
         raise SystemExit("not enough generated examples")

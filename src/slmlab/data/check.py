@@ -53,6 +53,8 @@ def _check_logic(record: dict) -> tuple[bool, str | None]:
         return True, f"answer {claimed} is wrong: the solver gives {solved} for {puzzle!r}"
     if "answer" in record and record["answer"] != solved:
         return True, f"field 'answer' is {record['answer']} but the solver gives {solved}"
+    if "rejected" in record and first_glyph(record["rejected"]) == solved:
+        return True, f"the rejected answer {record['rejected']!r} is the right one ({solved})"
     return True, None
 
 

@@ -125,6 +125,24 @@ def _logic_generator(rng: random.Random, count: int, params: dict, ctx: GenConte
     return out
 
 
+def _logic_preference_generator(rng: random.Random, count: int, params: dict, ctx: GenContext) -> list[Example]:
+    """Preference pairs from verified puzzles: chosen = the solver's answer, rejected = a wrong glyph.
+
+    Records keep ``input``/``output`` (= prompt/chosen) so SFT tooling and ``validate``
+    work on them unchanged, and add ``prompt``, ``chosen``, ``rejected`` for DPO/ORPO.
+    """
+    from slmlab.data.glyphs import CERTAIN, CERTAINLY_NOT, UNDETERMINED
+
+    examples = _logic_generator(rng, count, params, ctx)
+    for ex in examples:
+        rec = ex.record
+        right = rec["answer"]
+        wrong = rng.choice([g for g in (CERTAIN, CERTAINLY_NOT, UNDETERMINED) if g != right])
+        rejected = wrong if rec["render"] == "pure" else wrong + rec["output"][len(right):]
+        rec.update({"prompt": rec["input"], "chosen": rec["output"], "rejected": rejected})
+    return examples
+
+
 def _tools_generator(rng: random.Random, count: int, params: dict, ctx: GenContext) -> list[Example]:
     from slmlab.data import tools
 
@@ -180,6 +198,7 @@ def _jsonl_generator(rng: random.Random, count: int, params: dict, ctx: GenConte
 
 GENERATORS: dict[str, GeneratorFn] = {
     "logic": _logic_generator,
+    "logic-preference": _logic_preference_generator,
     "tools": _tools_generator,
     "jsonl": _jsonl_generator,
 }

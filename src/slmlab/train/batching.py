@@ -160,3 +160,46 @@ def collate(rows: list[Row], pad_id: int):
         "position_ids": torch.tensor(positions, dtype=torch.long),
         "example_ids": torch.tensor(example_ids, dtype=torch.long),
     }
+
+
+def first_supervised(example: Encoded) -> int:
+    """Index of the last prompt token: the first position that has a target."""
+    return next(i for i, t in enumerate(example.targets) if t != IGNORE)
+
+
+def collate_frozen(examples: list[Encoded], pad_id: int):
+    """Batch for context-frozen training: a left-padded context and a right-padded continuation.
+
+    The context is the prompt minus its last token; the continuation is that last
+    prompt token plus the completion. The last prompt token must run with gradients:
+    its output predicts the first completion token (often the answer itself).
+    """
+    import torch
+
+    splits = [first_supervised(e) for e in examples]
+    if min(splits) < 1:
+        raise ValueError("context-frozen mode needs prompts of at least two tokens")
+    c = max(splits)
+    k = max(len(e.ids) - s for e, s in zip(examples, splits))
+    ctx_ids, ctx_mask, cont_ids, cont_targets, cont_mask, cont_pos, example_ids = [], [], [], [], [], [], []
+    for e, s in zip(examples, splits):
+        ctx, cont, tgt = e.ids[:s], e.ids[s:], e.targets[s:]
+        ctx_ids.append([pad_id] * (c - s) + ctx)
+        ctx_mask.append([0] * (c - s) + [1] * s)
+        pad = k - len(cont)
+        cont_ids.append(cont + [pad_id] * pad)
+        cont_targets.append(tgt + [IGNORE] * pad)
+        cont_mask.append([1] * len(cont) + [0] * pad)
+        cont_pos.append(list(range(s, s + k)))
+        example_ids.append([e.index] * len(cont) + [-1] * pad)
+    ctx_mask_t = torch.tensor(ctx_mask, dtype=torch.long)
+    return {
+        "context_ids": torch.tensor(ctx_ids, dtype=torch.long),
+        "context_mask": ctx_mask_t,
+        "context_positions": (ctx_mask_t.cumsum(-1) - 1).clamp(min=0),
+        "input_ids": torch.tensor(cont_ids, dtype=torch.long),
+        "targets": torch.tensor(cont_targets, dtype=torch.long),
+        "position_ids": torch.tensor(cont_pos, dtype=torch.long),
+        "attention_mask": torch.cat([ctx_mask_t, torch.tensor(cont_mask, dtype=torch.long)], dim=1),
+        "example_ids": torch.tensor(example_ids, dtype=torch.long),
+    }

@@ -103,7 +103,17 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     output_dir: str = "runs"
     trackers: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, trackio (metrics.jsonl always).")
-    context_frozen: bool = Field(False, description="Run the prompt without gradients and train on the continuation only.")
+    context_frozen: bool = Field(
+        False,
+        description="Run each prompt (minus its last token) once without gradients and reuse its KV cache; "
+        "faster, but no gradient flows through the context's keys and values (a different gradient, same loss).",
+    )
+
+    @model_validator(mode="after")
+    def _frozen_is_sft_only(self) -> TrainConfig:
+        if self.context_frozen and self.objective.kind != "sft":
+            raise ValueError("context_frozen: true supports objective.kind 'sft' only")
+        return self
 
     @field_validator("time_budget")
     @classmethod

@@ -26,7 +26,7 @@ import yaml
 from slmlab.data.formats import atomic_write_text, iter_jsonl
 from slmlab.errors import SlmlabError
 from slmlab.runs import record_run, write_json
-from slmlab.train.batching import EncodeStats, Encoded, collate, encode_pairs, pack
+from slmlab.train.batching import EncodeStats, Encoded, collate, collate_frozen, encode_pairs, pack
 from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slmlab.train.config import TrainConfig, load_train_config
 from slmlab.train.objectives import OBJECTIVES, SupervisedLM
@@ -151,8 +151,10 @@ class DataPlan:
         return [chosen[i : i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
 
 
-def _batch(units: list[list[Encoded]], max_length: int, packing: bool, pad_id: int) -> dict:
+def _batch(units: list[list[Encoded]], max_length: int, packing: bool, pad_id: int, frozen: bool = False) -> dict:
     examples = [e for u in units for e in u]
+    if frozen:
+        return collate_frozen(examples, pad_id)
     return collate(pack(examples, max_length, packing), pad_id)
 
 
@@ -317,7 +319,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             t_step = time.perf_counter()
             step_loss, step_tokens = 0.0, 0
             for i, mb in enumerate(mine):
-                batch = _batch(mb, config.data.max_length, config.data.packing, pad_id)
+                batch = _batch(mb, config.data.max_length, config.data.packing, pad_id, config.context_frozen)
                 ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else _null()
                 with ctx:
                     parts = _call_objective(loss_fn, wrapped, batch, config)

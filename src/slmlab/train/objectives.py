@@ -37,13 +37,37 @@ class SupervisedLM(nn.Module):
         lm = self.lm
         return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
 
-    def forward(self, input_ids, position_ids, targets, reference: bool = False):
+    def forward(self, input_ids, position_ids, targets, reference: bool = False, context: dict | None = None):
         core = self._core()
+        if context is not None:
+            return self._frozen_context_logprobs(core, input_ids, position_ids, targets, context)
         if reference:
             # DPO reference = the base model with the adapter switched off: no second copy in memory.
             with torch.no_grad(), self.lm.disable_adapter():
                 return self._token_logprobs(core, input_ids, position_ids, targets)
         return self._token_logprobs(core, input_ids, position_ids, targets)
+
+    @staticmethod
+    def _frozen_context_logprobs(core, input_ids, position_ids, targets, context):
+        """Context-frozen mode: the context runs once without gradients and its KV cache is reused.
+
+        This changes the gradient on purpose: nothing flows back through the context's
+        keys and values (they are constants), only through the continuation. The loss
+        value is the same as in exact mode.
+        """
+        decoder = core.get_decoder()
+        with torch.no_grad():
+            cache = decoder(
+                input_ids=context["context_ids"], attention_mask=context["context_mask"],
+                position_ids=context["context_positions"], use_cache=True,
+            ).past_key_values
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=context["attention_mask"], position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state
+        mask = targets != IGNORE
+        logits = core.get_output_embeddings()(hidden[mask]).float()
+        return -F.cross_entropy(logits, targets[mask], reduction="none")
 
     @staticmethod
     def _token_logprobs(core, input_ids, position_ids, targets):
@@ -63,7 +87,8 @@ class LossParts:
 
 
 def sft_loss(model: SupervisedLM, batch: dict) -> LossParts:
-    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
+    context = batch if "context_ids" in batch else None
+    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"], context=context)
     nll = -logp.sum()
     n = float(logp.numel())
     return LossParts(nll, n, {"nll_sum": nll.item(), "tokens": n})

@@ -1,0 +1,73 @@
+"""The CLI: every command has help with an example; user errors are one clear line, never a traceback."""
+
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from slmlab.cli import app, main
+
+runner = CliRunner()
+
+COMMANDS = [
+    ["models"], ["generate"], ["train"], ["runs"], ["export"], ["demo"],
+    ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
+]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_an_example(cmd):
+    res = runner.invoke(app, [*cmd, "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "Example" in res.output and "slmlab" in res.output
+
+
+def run_main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["slmlab", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_solve_prints_the_glyph(monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "data", "solve", "P→Q,¬Q?P")
+    assert code == 0 and out.strip() == "○"
+
+
+def test_parse_error_is_one_clear_message_with_column(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "data", "solve", "P→Q(,P?Q")
+    assert code == 2 and "column" in err and "Traceback" not in err
+
+
+def test_unknown_model_and_recipe_are_clear(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "generate", "--model", "smollm3", "hi")
+    assert code == 2 and "smollm2-135m" in err and "Traceback" not in err
+    code, _, err = run_main(monkeypatch, capsys, "data", "generate", "v7-golden", "-o", "x")
+    assert code == 2 and "v6-golden" in err
+
+
+def test_bad_train_config_names_the_key(monkeypatch, capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {recipe: v6-golden}\nlearning_rate: 1\n")
+    code, _, err = run_main(monkeypatch, capsys, "train", str(cfg))
+    assert code == 2 and "learning_rate" in err and "Traceback" not in err
+
+
+def test_generate_validate_inspect_round_trip(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_main(monkeypatch, capsys, "data", "generate", "v6-golden", "-c", "120", "-s", "5", "-o", str(tmp_path))
+    assert code == 0 and "hybrid" in out and (tmp_path / "manifest.json").exists()
+    code, out, _ = run_main(monkeypatch, capsys, "data", "validate", str(tmp_path / "train.jsonl"))
+    assert code == 0 and "OK" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text((tmp_path / "train.jsonl").read_text(encoding="utf-8") + "{oops\n", encoding="utf-8")
+    code, _, err = run_main(monkeypatch, capsys, "data", "validate", str(bad))
+    n = len(bad.read_text(encoding="utf-8").splitlines())
+    assert code == 1 and f"bad.jsonl:{n}: malformed JSON" in err
+    code, out, _ = run_main(monkeypatch, capsys, "data", "inspect", str(tmp_path / "train.jsonl"), "--tokenizer", "none")
+    assert code == 0 and "answer" in out and "duplicate" in out
+
+
+def test_generate_with_tiny_model(monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys, "generate", "--model", "tiny-random", "-n", "3", "hello")
+    assert code == 0 and "tokens/s" in err
