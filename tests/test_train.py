@@ -185,3 +185,39 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, data_file):
     run(_config(tmp_path, data_file, name="once", max_steps=1))
     with pytest.raises(TrainingError, match="already holds a run"):
         run(_config(tmp_path, data_file, name="once", max_steps=1))
+
+
+def test_nan_loss_stops_with_step_and_example_ids(tmp_path, data_file, monkeypatch):
+    import slmlab.train.loop as loop
+    from slmlab.train.objectives import sft_loss
+
+    def poisoned(model, batch):
+        parts = sft_loss(model, batch)
+        parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setitem(loop.OBJECTIVES, "sft", poisoned)
+    with pytest.raises(TrainingError, match=r"step 0: loss is nan; examples in this step: \[\d+, "):
+        run(_config(tmp_path, data_file, name="nan"))
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path, data_file):
+    with pytest.raises(ConfigError, match="Unknown tracker 'tensorbord'"):
+        _config(tmp_path, data_file, trackers=["tensorbord"])
+
+
+def test_dpo_from_the_preference_recipe(tmp_path):
+    cfg = load_train_config(data={
+        "name": "dpo-recipe", "model": "tiny-random", "output_dir": str(tmp_path / "runs"), "adapter": {"r": 4},
+        "data": {"recipe": "logic-preference", "count": 60, "max_length": 96}, "objective": {"kind": "dpo"},
+        "batch_size": 4, "max_steps": 2,
+    })
+    r = run(cfg)
+    assert r.steps == 2 and r.eval_loss is not None and abs(r.losses[0] - 0.6931) < 0.01  # log 2 at start: policy == reference
+
+
+def test_context_frozen_run_trains(tmp_path, data_file):
+    r = run(_config(tmp_path, data_file, name="frozen", context_frozen=True, max_steps=4))
+    assert r.steps == 4 and r.losses[-1] < r.losses[0]
+    with pytest.raises(ConfigError, match="context_frozen"):
+        _config(tmp_path, data_file, context_frozen=True, objective={"kind": "dpo"})

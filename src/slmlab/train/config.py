@@ -80,6 +80,10 @@ def parse_duration(text: str | int | float | None) -> float | None:
     return h * 3600 + mi * 60 + s
 
 
+# tracker name -> the module that must be importable for accelerate to use it
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
 class TrainConfig(_Strict):
     """Everything a training run needs. Unknown keys are errors."""
 
@@ -114,6 +118,14 @@ class TrainConfig(_Strict):
         if self.context_frozen and self.objective.kind != "sft":
             raise ValueError("context_frozen: true supports objective.kind 'sft' only")
         return self
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in TRACKERS:
+                raise ValueError(unknown_name_message("tracker", name, list(TRACKERS)))
+        return v
 
     @field_validator("time_budget")
     @classmethod

@@ -254,6 +254,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     from slmlab.models import load_tokenizer
     from slmlab.train.optim import build_optimizer, optimizer_state_bytes
 
+    _check_trackers(config.trackers)
     run_dir = config.run_dir
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None, project_dir=str(run_dir))
@@ -395,6 +396,16 @@ def resume_run(run_dir: str | Path, on_step=None) -> RunResult:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    import importlib.util
+
+    from slmlab.train.config import TRACKERS
+
+    missing = [t for t in trackers if importlib.util.find_spec(TRACKERS[t]) is None]
+    if missing:
+        raise TrainingError(f"tracker(s) not installed: {', '.join(missing)}. Install with: pip install {' '.join(missing)}")
 
 
 class _null:
