@@ -320,15 +320,16 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes its dataset."),
     n_eval: int = typer.Option(20, "--n-eval", min=1, help="Held-out puzzles to ask the model."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec."),
+    train_minutes: float = typer.Option(4.0, "--train-minutes", min=0, help="LoRA training time budget; 0 skips training."),
 ) -> None:
-    """Generate v6-golden, show it, and measure the base model on held-out puzzles beside chance.
+    """Generate v6-golden, measure the base model on held-out puzzles beside chance, fine-tune briefly, measure again.
 
-    Example: [bold]slmlab demo --n-eval 20[/bold]
+    Example: [bold]slmlab demo --n-eval 20 --train-minutes 4[/bold]
     """
     from slmlab.demo import run_demo
 
     _quiet_transformers()
-    run_demo(out, n_eval=n_eval, model=model, console=console)
+    run_demo(out, n_eval=n_eval, model=model, train_minutes=train_minutes, console=console)
 
 
 def main() -> None:

@@ -60,7 +60,53 @@ def evaluate_puzzles(model, tokenizer, records: list[dict], template: str = "v6"
     return acc, rows
 
 
-def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", console: Console | None = None) -> PuzzleAccuracy:
+def _print_accuracy(console: Console, label: str, acc: PuzzleAccuracy) -> None:
+    lo, hi = wilson_interval(acc.correct, acc.n)
+    console.print(
+        f"[bold]{label}[/bold]: accuracy {acc.correct}/{acc.n} = {acc.accuracy:.0%} (95% CI {lo:.0%}–{hi:.0%})   "
+        f"chance (uniform guess) {acc.chance:.0%}   always-majority {acc.majority:.0%}   "
+        f"no glyph in output {acc.no_glyph}/{acc.n}   {acc.tokens_per_second:.1f} tokens/s"
+    )
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion: honest error bars for 20 questions."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _answers_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for col in ("puzzle", "expected", "model said", "ok"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["input"], r["answer"], repr(r["generation"][:30]), "✓" if r["correct"] else "✗")
+    return table
+
+
+def demo_train_config(out: Path, minutes: float, model: str):
+    """The quickstart settings (examples/configs/quickstart.yaml) with the demo's time budget."""
+    from slmlab.train.config import load_train_config
+
+    return load_train_config(data={
+        "name": "train", "model": model, "seed": 0, "output_dir": str(out),
+        "adapter": {"kind": "lora", "r": 32, "alpha": 64, "dropout": 0.05},
+        "data": {"recipe": "v6-golden", "count": 1200, "format": "v6", "max_length": 128},
+        "optimizer": {"name": "adamw", "lr": 2e-4},
+        "schedule": {"kind": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1},
+        "batch_size": 4, "grad_accum": 2, "epochs": 1, "time_budget": f"{minutes}m", "save_every": 25,
+    })
+
+
+def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_minutes: float = 4.0,
+             console: Console | None = None) -> dict:
+    """Generate v6-golden, measure the base model, fine-tune it briefly with LoRA, measure again."""
+    import shutil
+
     from slmlab.cli import print_dataset_summary
     from slmlab.data.formats import atomic_write_text
     from slmlab.data.recipes import generate_dataset
@@ -73,21 +119,33 @@ def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", consol
     for rec in result.train[:3]:
         console.print(f"  [dim]{rec['category']:>6}[/dim]  {rec['input'][:90]!r} → {rec['output']!r}", highlight=False)
 
-    console.rule(f"2. Load {model} and ask it {n_eval} held-out puzzles (v6 format 'Q: …\\nA:')")
+    console.rule(f"2. Ask {model} {n_eval} held-out puzzles before training (v6 format 'Q: …\nA:')")
     mdl, tok = load(model)
     puzzles = held_out_puzzles(result.test, n_eval)
-    acc, rows = evaluate_puzzles(mdl, tok, puzzles)
-    table = Table(title=f"{model} before training")
-    for col in ("puzzle", "expected", "model said", "ok"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["input"], r["answer"], repr(r["generation"][:30]), "✓" if r["correct"] else "✗")
-    console.print(table)
-    console.print(
-        f"accuracy {acc.correct}/{acc.n} = {acc.accuracy:.0%}   chance (uniform guess) {acc.chance:.0%}   "
-        f"always-majority {acc.majority:.0%}   no glyph in output {acc.no_glyph}/{acc.n}   "
-        f"{acc.tokens_per_second:.1f} tokens/s"
-    )
-    atomic_write_text(out / "before.json", json.dumps({"model": model, **asdict(acc), "accuracy": acc.accuracy, "samples": rows}, ensure_ascii=False, indent=2) + "\n")
-    console.print(f"wrote {out}/before.json")
-    return acc
+    before, rows = evaluate_puzzles(mdl, tok, puzzles)
+    console.print(_answers_table(f"{model} before training", rows))
+    _print_accuracy(console, "before", before)
+    report = {"model": model, "before": {**asdict(before), "accuracy": before.accuracy, "samples": rows}}
+
+    if train_minutes > 0:
+        console.rule(f"3. LoRA fine-tune on v6-golden for at most {train_minutes:g} minutes (CPU)")
+        from peft import PeftModel
+
+        from slmlab.train.loop import run
+
+        shutil.rmtree(out / "train", ignore_errors=True)  # the demo's own run: start it afresh
+        trained = run(demo_train_config(out, train_minutes, model))
+        console.print(f"{trained.status}: {trained.steps} steps, loss {trained.losses[0]:.3f} → {trained.losses[-1]:.3f}, "
+                      f"held-out loss {trained.eval_loss:.3f}; run dir {trained.run_dir}")
+        console.rule("4. The same held-out puzzles after training")
+        tuned = PeftModel.from_pretrained(load(model)[0], str(trained.run_dir / "adapter"))
+        after, rows = evaluate_puzzles(tuned, tok, puzzles)
+        console.print(_answers_table(f"{model} + LoRA after {trained.steps} steps", rows))
+        _print_accuracy(console, "before", before)
+        _print_accuracy(console, "after ", after)
+        console.print("[dim]20 questions give wide intervals: compare runs with several seeds before believing a difference.[/dim]")
+        report["after"] = {**asdict(after), "accuracy": after.accuracy, "steps": trained.steps, "samples": rows}
+
+    atomic_write_text(out / "demo.json", json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    console.print(f"wrote {out}/demo.json")
+    return report
