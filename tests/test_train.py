@@ -221,3 +221,23 @@ def test_context_frozen_run_trains(tmp_path, data_file):
     assert r.steps == 4 and r.losses[-1] < r.losses[0]
     with pytest.raises(ConfigError, match="context_frozen"):
         _config(tmp_path, data_file, context_frozen=True, objective={"kind": "dpo"})
+
+
+def test_every_shipped_config_validates():
+    configs = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_train_config(path)
+        assert cfg.model == "smollm2-135m", path
+
+
+@pytest.mark.integration
+def test_smollm2_lora_steps_lower_the_loss(tmp_path):
+    cfg = load_train_config(data={
+        "name": "smol", "model": "smollm2-135m", "output_dir": str(tmp_path / "runs"),
+        "adapter": {"r": 8, "alpha": 16}, "data": {"recipe": "v6-golden", "count": 80, "max_length": 128},
+        "optimizer": {"lr": 1e-3}, "schedule": {"kind": "constant"}, "batch_size": 4, "max_steps": 4, "save_every": None,
+    })
+    r = run(cfg)
+    assert r.steps == 4 and r.losses[-1] < r.losses[0], r.losses
+    assert (r.run_dir / "adapter" / "adapter_model.safetensors").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 import resource
 import shutil
 import time
@@ -321,7 +322,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             step_loss, step_tokens = 0.0, 0
             for i, mb in enumerate(mine):
                 batch = _batch(mb, config.data.max_length, config.data.packing, pad_id, config.context_frozen)
-                ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else _null()
+                ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else nullcontext()
                 with ctx:
                     parts = _call_objective(loss_fn, wrapped, batch, config)
                     # DDP averages gradients over processes; multiply back so the total is sum / norm.
@@ -406,14 +407,6 @@ def _check_trackers(trackers: list[str]) -> None:
     missing = [t for t in trackers if importlib.util.find_spec(TRACKERS[t]) is None]
     if missing:
         raise TrainingError(f"tracker(s) not installed: {', '.join(missing)}. Install with: pip install {' '.join(missing)}")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _reduce_sum(accelerator, value: float) -> float:

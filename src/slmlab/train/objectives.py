@@ -33,9 +33,10 @@ class SupervisedLM(nn.Module):
         self.lm = causal_lm
 
     def _core(self) -> nn.Module:
-        # PeftModel -> LoraModel -> the transformers model; plain models are returned as is.
-        lm = self.lm
-        return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        """The transformers model (inside a PeftModel, the one with the LoRA layers injected)."""
+        from peft import PeftModel
+
+        return self.lm.get_base_model() if isinstance(self.lm, PeftModel) else self.lm
 
     def forward(self, input_ids, position_ids, targets, reference: bool = False, context: dict | None = None):
         core = self._core()
