@@ -14,7 +14,7 @@ class FixedLM:
     def __init__(self, policy, reference=None):
         self.policy, self.reference = torch.tensor(policy), torch.tensor(reference or policy)
 
-    def __call__(self, input_ids, position_ids, targets, reference=False):
+    def __call__(self, input_ids, position_ids, targets, reference=False, context=None):
         return self.reference if reference else self.policy
 
 

@@ -131,17 +131,25 @@ def dpo_loss(model: SupervisedLM, batch: dict, beta: float = 0.1) -> LossParts:
     )
 
 
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)) for x < 0, accurate near 0 too (Mächler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 def orpo_loss(model: SupervisedLM, batch: dict, lam: float = 0.1) -> LossParts:
     """ORPO (Hong et al. 2024): NLL(chosen) + λ·(−log σ(log odds_c − log odds_r)), per pair.
 
-    Log-probabilities are averaged per token, as in the paper and TRL, and
-    ``log odds = log p − log(1 − p)``.
+    Log-probabilities are averaged per completion token and ``log odds = log p − log(1 − p)``.
+    The odds-ratio term equals TRL's (which calls λ ``beta``). The NLL term follows the
+    paper: completion tokens of the chosen answer, averaged per pair. TRL's ORPOTrainer
+    instead averages the NLL over prompt *and* completion tokens of the whole batch;
+    ``benchmarks/parity_trl.py`` shows the two agree once that convention is matched.
     """
     logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
     ids, sums, counts = per_example_sums(logp, batch)
     mean_logp = sums / counts
     c, r = _chosen_rejected(ids, mean_logp)
-    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    log_odds = (c - r) - (_log1mexp(c) - _log1mexp(r))
     ratio = -F.logsigmoid(log_odds)
     nll = -c  # per-token mean NLL of the chosen completion, per pair
     losses = nll + lam * ratio
