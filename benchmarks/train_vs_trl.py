@@ -75,7 +75,7 @@ def child_slmlab(work: Path, args) -> dict:
     from slmlab.train.loop import run
 
     cfg = load_train_config(data={
-        "name": f"bench-{args.mode}", "model": "smollm2-135m", "seed": SEED, "output_dir": str(work / "runs"),
+        "name": f"bench-{args.mode}-{args.optimizer}", "model": "smollm2-135m", "seed": SEED, "output_dir": str(work / "runs"),
         "adapter": {"kind": "lora", **LORA},
         "data": {"train": str(work / "train.jsonl"), "max_length": args.max_length, "packing": True},
         "optimizer": {"name": args.optimizer, "lr": 2e-4},
@@ -127,7 +127,9 @@ def run_child(which: str, work: Path, args, mode: str = "exact", optimizer: str 
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"{which} child failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"[{which} {mode} {optimizer}] {json.dumps({k: v for k, v in result.items() if k != 'losses'})}", flush=True)
+    return result
 
 
 def main() -> None:
