@@ -312,6 +312,34 @@ def export_cmd(
     console.print(f"wrote {path}")
 
 
+@app.command("eval")
+def eval_cmd(
+    suite: str = typer.Argument(..., help="Shipped suite (logic, tools, roles, basins, markers) or a suite YAML."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec, local directory or cached HF id."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A run directory (or PEFT adapter directory) trained on --model."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Evaluate only the first N records."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results JSON; per-sample lines go beside it as *.samples.jsonl."),
+) -> None:
+    """Run an evaluation suite and print each metric's mean ± standard error.
+
+    Example: [bold]slmlab eval logic --model smollm2-135m --adapter runs/quickstart -o results/logic.json[/bold]
+    """
+    from slmlab.evaluate.suites import run_suite
+
+    _quiet_transformers()
+    result = run_suite(suite, model, adapter=adapter, out=out, limit=limit)
+    title = f"{result.suite.name} v{result.suite.version} — {model}" + (f" + {adapter}" if adapter else "")
+    table = Table(title=title)
+    for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("n", "right")):
+        table.add_column(col, justify=justify)
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, mean, stderr, n in result.rows():
+        table.add_row(name, fmt(mean), fmt(stderr), str(n))
+    console.print(table)
+    console.print(f"{result.n} samples, {result.new_tokens} tokens, {result.tokens_per_second:.1f} tokens/s; "
+                  f"wrote {result.results_path} and {result.samples_path}")
+
+
 # --------------------------------------------------------------------------- demo
 
 
