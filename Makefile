@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/slmlab demo
+	$(VENV)/bin/slmlab quickstart
 
 # pytest exits 5 when it collected no tests; that must fail, not pass.
 test: $(STAMP)

@@ -11,6 +11,7 @@ runner = CliRunner()
 
 COMMANDS = [
     ["models"], ["generate"], ["train"], ["runs"], ["export"], ["demo"],
+    ["eval"], ["basins", "label"], ["basins", "map"], ["basins", "compare"], ["basins", "predict"], ["data", "curate"],
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
 ]
 

@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Verified synthetic datasets: recipes, generation, inspection, validation.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+basins_app = typer.Typer(help="Degeneration basins: label generations, map a model, compare maps, predict danger zones.", no_args_is_help=True)
+app.add_typer(basins_app, name="basins")
 
 console = Console()
 # soft_wrap: "file:line: message" stays one line, so it can be grepped and clicked.
@@ -340,24 +342,159 @@ def eval_cmd(
                   f"wrote {result.results_path} and {result.samples_path}")
 
 
+# --------------------------------------------------------------------------- basins
+
+
+@basins_app.command("label")
+def basins_label_cmd(file: Path = typer.Argument(..., help="JSONL with a `text` field per line.")) -> None:
+    """Label each line's `text` and print the line back with `basin`, `reason` and `evidence` (JSONL on stdout).
+
+    Example: [bold]slmlab basins label generations.jsonl > labelled.jsonl[/bold]
+    """
+    from slmlab.data.formats import dumps_record, iter_jsonl
+    from slmlab.evaluate.basins import label
+
+    for line in iter_jsonl(file):
+        text = line.record.get("text")
+        if not isinstance(text, str):
+            raise SlmlabError(f"{file}:{line.number}: needs a string field 'text'")
+        res = label(text)
+        sys.stdout.write(dumps_record({**line.record, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence}) + "\n")
+
+
+@basins_app.command("map")
+def basins_map_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the basin map JSON."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A run directory or PEFT adapter directory."),
+    corpus: str = typer.Option("basins49", "--corpus", help="Shipped corpus name or a JSONL file with `input` (and `category`)."),
+    samples: int = typer.Option(3, "--samples", "-k", min=1, help="Generations per prompt."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1),
+    temperature: float = typer.Option(0.7, "--temperature", "-t", min=0.0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Generate from a prompt corpus, label every generation, and write the basin distribution per category.
+
+    Example: [bold]slmlab basins map --model smollm2-135m --samples 3 -o maps/base.json[/bold]
+    """
+    from slmlab.evaluate.basin_map import MapSettings, map_basins
+
+    _quiet_transformers()
+    settings = MapSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    result = map_basins(model, adapter=adapter, corpus=corpus, settings=settings, out=out)
+    _print_maps({str(out): result})
+    console.print(f"{result['n_generations']} generations, {result['tokens_per_second'] or 0:.1f} tokens/s; wrote {out}")
+
+
+def _print_maps(maps: dict[str, dict]) -> None:
+    from slmlab.evaluate.basin_map import BASINS
+
+    table = Table(title="Basin distribution")
+    table.add_column("scope")
+    for name in maps:
+        table.add_column(Path(name).stem)
+    first = next(iter(maps.values()))
+    for scope in ["overall", *first["per_category"]]:
+        for b in BASINS:
+            cells = [f"{(m['overall'] if scope == 'overall' else m['per_category'].get(scope, {})).get(b, 0):.0%}" for m in maps.values()]
+            table.add_row(f"{scope} {b}", *cells)
+    console.print(table)
+
+
+@basins_app.command("compare")
+def basins_compare_cmd(maps: list[Path] = typer.Argument(..., help="Two or more basin map JSON files; deltas are against the first.")) -> None:
+    """Print basin distributions of several maps side by side, with deltas against the first.
+
+    Example: [bold]slmlab basins compare maps/base.json maps/tuned.json[/bold]
+    """
+    from slmlab.evaluate.basin_map import compare_maps
+
+    rows = compare_maps(maps)
+    table = Table(title="Basin maps compared (Δ vs the first)")
+    table.add_column("scope")
+    table.add_column("basin")
+    for i, p in enumerate(maps):
+        table.add_column(p.stem)
+        if i:
+            table.add_column("Δ")
+    for r in rows:
+        cells = []
+        for i, (rate, delta) in enumerate(zip(r["rates"], r["deltas"])):
+            cells.append("—" if rate is None else f"{rate:.0%}")
+            if i:
+                cells.append("—" if delta is None else f"{delta:+.0%}")
+        table.add_row(r["scope"], r["basin"], *cells)
+    console.print(table)
+
+
+@basins_app.command("predict")
+def basins_predict_cmd(
+    prompt: str = typer.Argument(..., help="The prompt to assess."),
+    maps: list[Path] = typer.Option(..., "--maps", help="Basin maps to learn from (repeatable)."),
+) -> None:
+    """Predict which basin a prompt's generations will land in, learnt from basin maps.
+
+    Example: [bold]slmlab basins predict "Describe the smell of rain" --maps maps/base.json[/bold]
+    """
+    from slmlab.evaluate.predict import train_danger_model
+
+    dm = train_danger_model(maps)
+    table = Table(title="Predicted basin probabilities")
+    table.add_column("basin")
+    table.add_column("p", justify="right")
+    for b, p in sorted(dm.predict(prompt).items(), key=lambda kv: -kv[1]):
+        table.add_row(b, f"{p:.2f}")
+    console.print(table)
+    cv = "n/a" if dm.cv_accuracy is None else f"{dm.cv_accuracy:.0%}"
+    console.print(f"trained on {dm.n_samples} generations of {dm.n_prompts} prompts; cross-validated accuracy {cv} "
+                  f"(majority basin {dm.majority_accuracy:.0%})")
+    if dm.warning:
+        err_console.print(f"[yellow]warning:[/yellow] {dm.warning}")
+
+
+@data_app.command("curate")
+def data_curate_cmd(
+    dataset: Path = typer.Argument(..., help="A JSONL dataset with `category` fields."),
+    map_: Path = typer.Option(..., "--map", help="A basin map made over this dataset's prompts (slmlab basins map --corpus DATASET)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the curated JSONL."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Reweight a dataset's categories by basin rates: more of what lands CREATIVE, less of what loops, drop what collapses.
+
+    Example: [bold]slmlab data curate data/mix/train.jsonl --map maps/mix.json -o data/mix/curated.jsonl[/bold]
+    """
+    from slmlab.data.curate import curate_dataset
+
+    rep = curate_dataset(dataset, map_, out, seed=seed)
+    table = Table(title=f"Curation ({rep['before']} → {rep['after']} records)")
+    for col in ("category", "before", "after", "factor", "why"):
+        table.add_column(col)
+    for cat, c in rep["categories"].items():
+        table.add_row(cat, str(c["before"]), str(c["after"]), f"{c['factor']:.2f}", c["reason"])
+    console.print(table)
+    console.print(f"wrote {out} and {out}.curation.json")
+
+
 # --------------------------------------------------------------------------- demo
 
 
+@app.command("quickstart")
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes its dataset."),
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Where the quickstart writes its dataset, run and report."),
     n_eval: int = typer.Option(20, "--n-eval", min=1, help="Held-out puzzles to ask the model."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec."),
     train_minutes: float = typer.Option(4.0, "--train-minutes", min=0, help="LoRA training time budget; 0 skips training."),
+    basins: bool = typer.Option(True, "--basins/--no-basins", help="Also map basins on the 49-prompt corpus before and after."),
 ) -> None:
-    """Generate v6-golden, measure the base model on held-out puzzles beside chance, fine-tune briefly, measure again.
+    """The quickstart: generate v6-golden, measure the base model, fine-tune a LoRA briefly, measure again, write report.html.
 
-    Example: [bold]slmlab demo --n-eval 20 --train-minutes 4[/bold]
+    Example: [bold]slmlab quickstart --train-minutes 4[/bold]
     """
     from slmlab.demo import run_demo
 
     _quiet_transformers()
-    run_demo(out, n_eval=n_eval, model=model, train_minutes=train_minutes, console=console)
+    run_demo(out, n_eval=n_eval, model=model, train_minutes=train_minutes, basins=basins, console=console)
 
 
 def main() -> None:

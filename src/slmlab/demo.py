@@ -1,7 +1,9 @@
-"""`make demo`: build the v6-golden dataset and measure the base model on held-out puzzles.
+"""`make demo` / `slmlab quickstart`: data → before → train → after → report, end to end.
 
-This is the honest "before" picture: what the untrained model does on puzzles it
-will later be trained for, next to what guessing would score.
+Generates v6-golden, measures the base model on held-out puzzles (next to chance and
+the majority class, with confidence intervals) and maps its basins, fine-tunes a LoRA
+within a time budget, measures again, and writes an offline HTML report. The numbers
+are whatever they are: the report states them, it does not tune them.
 """
 
 from __future__ import annotations
@@ -102,9 +104,19 @@ def demo_train_config(out: Path, minutes: float, model: str):
     })
 
 
+def _basin_map(model, tok, spec: str, out: Path, console: Console) -> dict:
+    from slmlab.evaluate.basin_map import MapSettings, map_basins
+
+    settings = MapSettings(samples=1, max_new_tokens=48, temperature=0.7, seed=0)
+    result = map_basins(spec, settings=settings, out=out, model=model, tokenizer=tok)
+    dist = "  ".join(f"{b} {r:.0%}" for b, r in result["overall"].items())
+    console.print(f"basin map over {result['n_generations']} generations (49-prompt corpus): {dist}")
+    return result
+
+
 def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_minutes: float = 4.0,
-             console: Console | None = None) -> dict:
-    """Generate v6-golden, measure the base model, fine-tune it briefly with LoRA, measure again."""
+             basins: bool = True, console: Console | None = None) -> dict:
+    """Generate v6-golden; measure the base model (puzzles, basin map); fine-tune briefly with LoRA; measure again; report."""
     import shutil
 
     from slmlab.cli import print_dataset_summary
@@ -119,14 +131,18 @@ def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_
     for rec in result.train[:3]:
         console.print(f"  [dim]{rec['category']:>6}[/dim]  {rec['input'][:90]!r} → {rec['output']!r}", highlight=False)
 
-    console.rule(f"2. Ask {model} {n_eval} held-out puzzles before training (v6 format 'Q: …\nA:')")
+    console.rule(f"2. Ask {model} {n_eval} held-out puzzles before training (v6 format 'Q: …\\nA:')")
     mdl, tok = load(model)
     puzzles = held_out_puzzles(result.test, n_eval)
     before, rows = evaluate_puzzles(mdl, tok, puzzles)
     console.print(_answers_table(f"{model} before training", rows))
     _print_accuracy(console, "before", before)
-    report = {"model": model, "before": {**asdict(before), "accuracy": before.accuracy, "samples": rows}}
+    report = {"model": model, "dataset": result.manifest["content_hash"],
+              "before": {**asdict(before), "accuracy": before.accuracy, "samples": rows}}
+    if basins:
+        report["before"]["basins"] = _basin_map(mdl, tok, model, out / "basins-before.json", console)["overall"]
 
+    trained = None
     if train_minutes > 0:
         console.rule(f"3. LoRA fine-tune on v6-golden for at most {train_minutes:g} minutes (CPU)")
         from peft import PeftModel
@@ -138,14 +154,51 @@ def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_
         console.print(f"{trained.status}: {trained.steps} steps, loss {trained.losses[0]:.3f} → {trained.losses[-1]:.3f}, "
                       f"held-out loss {trained.eval_loss:.3f}; run dir {trained.run_dir}")
         console.rule("4. The same held-out puzzles after training")
-        tuned = PeftModel.from_pretrained(load(model)[0], str(trained.run_dir / "adapter"))
+        tuned = PeftModel.from_pretrained(load(model)[0], str(trained.run_dir / "adapter")).eval()
         after, rows = evaluate_puzzles(tuned, tok, puzzles)
         console.print(_answers_table(f"{model} + LoRA after {trained.steps} steps", rows))
         _print_accuracy(console, "before", before)
         _print_accuracy(console, "after ", after)
         console.print("[dim]20 questions give wide intervals: compare runs with several seeds before believing a difference.[/dim]")
         report["after"] = {**asdict(after), "accuracy": after.accuracy, "steps": trained.steps, "samples": rows}
+        if basins:
+            report["after"]["basins"] = _basin_map(tuned, tok, model, out / "basins-after.json", console)["overall"]
 
     atomic_write_text(out / "demo.json", json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    console.print(f"wrote {out}/demo.json")
+    html = write_demo_report(out / "report.html", report, trained.run_dir if trained else None)
+    console.print(f"wrote {out}/demo.json and {html} (open it in a browser)")
     return report
+
+
+def write_demo_report(path: Path, report: dict, run_dir: Path | None) -> Path:
+    """Before/after table, loss curve and basin distributions in one offline HTML file."""
+    from slmlab.evaluate.report import line_chart, stacked_bars, table, write_report
+
+    def row(name: str, r: dict) -> list:
+        lo, hi = wilson_interval(r["correct"], r["n"])
+        return [name, f"{r['accuracy']:.0%}", f"{lo:.0%}–{hi:.0%}", f"{r['no_glyph']}/{r['n']}", f"{r['chance']:.0%}", f"{r['majority']:.0%}"]
+
+    rows = [row("before", report["before"])] + ([row(f"after ({report['after']['steps']} steps)", report["after"])] if "after" in report else [])
+    sections = [
+        f"<p class='note'>Model {report['model']}; held-out pure-logic puzzles from v6-golden (dataset hash {report['dataset'][:12]}). "
+        "Accuracy = the first certainty glyph in the output equals the solver's answer.</p>",
+        "<h2>Held-out puzzles</h2>",
+        table(["", "accuracy", "95% CI", "no glyph", "chance", "always-majority"], rows),
+    ]
+    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        series = {"training loss": [(m["step"], m["loss"]) for m in lines]}
+        evals = [(m["step"], m["eval_loss"]) for m in lines if m.get("eval_loss") is not None]
+        if evals:
+            series["held-out loss"] = evals
+        sections += ["<h2>Training</h2>", line_chart(series, "loss by optimizer step")]
+    dists = {k: report[k]["basins"] for k in ("before", "after") if k in report and "basins" in report[k]}
+    if dists:
+        sections += ["<h2>Basins on the 49-prompt corpus</h2>", stacked_bars(dists, "share of generations per basin"),
+                     "<p class='note'>CREATIVE = healthy; SEMANTIC_LOOP = repeats phrases or ideas; TOKEN_COLLAPSE = empty "
+                     "or a token/character run; UNKNOWN = too short to call. See docs/basins.md.</p>"]
+    for k in ("before", "after"):
+        if k in report:
+            sections += [f"<h2>Answers {k}</h2>", table(["puzzle", "expected", "model said", "ok"],
+                         [[r["input"], r["answer"], r["generation"][:40], "✓" if r["correct"] else "✗"] for r in report[k]["samples"]])]
+    return write_report(path, "slmlab quickstart: before and after", sections)
