@@ -152,3 +152,14 @@ def test_inspect_counts_and_duplicates(tmp_path, tokenizer):
     assert rep.length_unit == "tokens" and min(rep.lengths) > 0
     assert sum(c for _, _, c in rep.histogram()) == len(recs)
     assert sum(rep.answers.values()) == len(recs)
+
+
+def test_held_out_stays_held_out_across_counts_and_recipes(tmp_path):
+    """A suite regenerating the test split with another count (or pure-logic vs v6-golden) never sees training shapes."""
+    small = generate_dataset("v6-golden", tmp_path / "small", count=1200)
+    big = generate_dataset("pure-logic", tmp_path / "big", count=4000)
+    train_keys = {canonical_key(r["puzzle"]) for r in small.train}
+    test_keys = {canonical_key(r["puzzle"]) for r in big.test}
+    shared_pool = {canonical_key(r["puzzle"]) for r in big.train + big.test} & (train_keys | {canonical_key(r["puzzle"]) for r in small.test})
+    assert shared_pool  # the two recipes really draw from the same shapes
+    assert not (train_keys & test_keys)
