@@ -482,7 +482,7 @@ def data_curate_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Where the quickstart writes its dataset, run and report."),
-    n_eval: int = typer.Option(20, "--n-eval", min=1, help="Held-out puzzles to ask the model."),
+    n_eval: int = typer.Option(60, "--n-eval", min=1, help="Held-out puzzles to ask the model (the table shows 20)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec."),
     train_minutes: float = typer.Option(4.0, "--train-minutes", min=0, help="LoRA training time budget; 0 skips training."),
     basins: bool = typer.Option(True, "--basins/--no-basins", help="Also map basins on the 49-prompt corpus before and after."),

@@ -81,11 +81,11 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _answers_table(title: str, rows: list[dict]) -> Table:
-    table = Table(title=title)
+def _answers_table(title: str, rows: list[dict], shown: int = 20) -> Table:
+    table = Table(title=f"{title} (first {min(shown, len(rows))} of {len(rows)})")
     for col in ("puzzle", "expected", "model said", "ok"):
         table.add_column(col)
-    for r in rows:
+    for r in rows[:shown]:
         table.add_row(r["input"], r["answer"], repr(r["generation"][:30]), "✓" if r["correct"] else "✗")
     return table
 
@@ -114,7 +114,7 @@ def _basin_map(model, tok, spec: str, out: Path, console: Console) -> dict:
     return result
 
 
-def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_minutes: float = 4.0,
+def run_demo(out: Path, *, n_eval: int = 60, model: str = "smollm2-135m", train_minutes: float = 4.0,
              basins: bool = True, console: Console | None = None) -> dict:
     """Generate v6-golden; measure the base model (puzzles, basin map); fine-tune briefly with LoRA; measure again; report."""
     import shutil
@@ -159,7 +159,8 @@ def run_demo(out: Path, *, n_eval: int = 20, model: str = "smollm2-135m", train_
         console.print(_answers_table(f"{model} + LoRA after {trained.steps} steps", rows))
         _print_accuracy(console, "before", before)
         _print_accuracy(console, "after ", after)
-        console.print("[dim]20 questions give wide intervals: compare runs with several seeds before believing a difference.[/dim]")
+        console.print(f"[dim]{n_eval} questions give intervals of about ±{100 * 1.96 * (0.25 / n_eval) ** 0.5:.0f} points: "
+                      "compare runs with several seeds before believing a small difference.[/dim]")
         report["after"] = {**asdict(after), "accuracy": after.accuracy, "steps": trained.steps, "samples": rows}
         if basins:
             report["after"]["basins"] = _basin_map(tuned, tok, model, out / "basins-after.json", console)["overall"]
