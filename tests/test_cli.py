@@ -12,6 +12,7 @@ runner = CliRunner()
 COMMANDS = [
     ["models"], ["generate"], ["train"], ["runs"], ["export"], ["demo"],
     ["eval"], ["basins", "label"], ["basins", "map"], ["basins", "compare"], ["basins", "predict"], ["data", "curate"],
+    ["steer", "extract"], ["steer", "quality"], ["steer", "calibrate"], ["steer", "export-gguf"], ["quickstart"],
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
 ]
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slmlab.errors import SlmlabError
+from slmlab.steer.cli import steer_app
 
 app = typer.Typer(
     help="slmlab: verified data, training, evaluation and more for small language models.",
@@ -26,6 +27,7 @@ data_app = typer.Typer(help="Verified synthetic datasets: recipes, generation, i
 app.add_typer(data_app, name="data")
 basins_app = typer.Typer(help="Degeneration basins: label generations, map a model, compare maps, predict danger zones.", no_args_is_help=True)
 app.add_typer(basins_app, name="basins")
+app.add_typer(steer_app, name="steer")
 
 console = Console()
 # soft_wrap: "file:line: message" stays one line, so it can be grepped and clicked.
@@ -73,16 +75,35 @@ def generate_cmd(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same text)."),
+    readout_dir: Path | None = typer.Option(None, "--readout", help="A `slmlab steer extract` directory: print per-token concept scores."),
+    top: int = typer.Option(3, "--top", min=1, help="With --readout: concepts shown per token."),
 ) -> None:
     """Print a model's completion of PROMPT (chat template applied for instruct models).
 
     Example: [bold]slmlab generate --model smollm2-135m "What is modus ponens?"[/bold]
+
+    With concept readout: [bold]slmlab generate --readout vectors/ "Tell me about your day"[/bold]
     """
     from slmlab.evaluate.generate import format_prompt, generate
     from slmlab.models import load
 
     _quiet_transformers()
     mdl, tok = load(model)
+    if readout_dir is not None:
+        from slmlab.steer.apply import readout
+
+        res = readout(mdl, tok, prompt, readout_dir, max_new_tokens=max_new_tokens, raw=raw)
+        layer = max(res.scores)  # the deepest extracted layer
+        table = Table(title=f"concept scores per generated token (layer {layer})")
+        table.add_column("token")
+        table.add_column(f"top {top} concepts (projection of the residual)")
+        for i, tok_str in enumerate(res.token_strings):
+            row = res.scores[layer][i]
+            best = sorted(range(len(res.concepts)), key=lambda j: -row[j])[:top]
+            table.add_row(repr(tok_str), "  ".join(f"{res.concepts[j]} {row[j]:+.2f}" for j in best))
+        console.print(res.text, markup=False, highlight=False)
+        console.print(table)
+        return
     batch = generate(
         mdl, tok, [format_prompt(tok, prompt, raw=raw)], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
