@@ -85,7 +85,7 @@ class MapSettings:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 16
 
 
 def map_basins(
