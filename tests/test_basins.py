@@ -10,7 +10,6 @@ import pytest
 from slmlab.evaluate.basins import (
     BASIN_DEFINITIONS,
     EVIDENCE_KEYS,
-    THRESHOLDS,
     Basin,
     BasinResult,
     embeddings_available,

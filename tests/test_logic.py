@@ -42,7 +42,6 @@ from slmlab.data.logic import (
     make_puzzle,
     render_hybrid,
     solve,
-    solve_puzzle,
 )
 
 # ------------------------------------------------------------------ hand-checked answers

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slmlab.console import console, err_console
+from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import SlmlabError
 from slmlab.steer.cli import steer_app
 
@@ -28,24 +29,6 @@ app.add_typer(data_app, name="data")
 basins_app = typer.Typer(help="Degeneration basins: label generations, map a model, compare maps, predict danger zones.", no_args_is_help=True)
 app.add_typer(basins_app, name="basins")
 app.add_typer(steer_app, name="steer")
-
-console = Console()
-# soft_wrap: "file:line: message" stays one line, so it can be grepped and clicked.
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def _quiet_transformers() -> None:
-    """Progress bars from weight loading would drown our own output."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    # Raised inside peft against transformers 5; nothing a user can act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
 
 # --------------------------------------------------------------------------- models
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from slmlab.console import console, err_console, quiet_transformers
 
 from slmlab.errors import SlmlabError
 
@@ -17,20 +17,6 @@ steer_app = typer.Typer(
     help="Concept vectors: extract from a story corpus, quality report, calibrate steering strength, export to GGUF.",
     no_args_is_help=True,
 )
-
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def _quiet() -> None:
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
 
 def _floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
@@ -69,7 +55,7 @@ def extract_cmd(
     """
     from slmlab.steer.extract import extract
 
-    _quiet()
+    quiet_transformers()
     extract(corpus, model, out, layers=layers, pooling=pooling, method=method, batch_size=batch_size,
             max_tokens=max_tokens, console=err_console)
     console.print(str(out))
@@ -91,7 +77,7 @@ def quality_cmd(
 
     from slmlab.steer.quality import quality
 
-    _quiet()
+    quiet_transformers()
     q = quality(readout_dir, corpus, model)
     L = str(q["headline_layer"])
     t = Table(title=f"Triage at layer {L} (best mean held-out AUROC {q['layers'][L]['mean_auroc']})")
@@ -124,7 +110,7 @@ def calibrate_cmd(
     """
     from slmlab.steer.calibrate import calibrate
 
-    _quiet()
+    quiet_transformers()
     r = calibrate(readout_dir, concept, model, layer=layer, alphas=_floats(alphas, "--alphas"), prompts=prompt or None,
                   max_new_tokens=max_new_tokens, positions=positions, refine=refine, console=err_console)
     console.print(f"{concept}: safe alpha {r['safe_alpha']:.4g} at layer {r['layer']} "

@@ -499,7 +499,6 @@ def extract(
     ``loaded`` = an already loaded ``(model, tokenizer)`` (tests, benchmarks); otherwise
     ``slmlab.models.load(model_spec)`` after preflight. ``console`` (rich) enables progress output.
     """
-    import torch
     from safetensors.torch import save
 
     from slmlab.data.formats import atomic_write_bytes
