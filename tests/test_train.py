@@ -1,6 +1,7 @@
 """The training loop end to end on tiny-random: artifacts, exact resume, accumulation, errors."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,48 @@ def test_smollm2_lora_steps_lower_the_loss(tmp_path):
     r = run(cfg)
     assert r.steps == 4 and r.losses[-1] < r.losses[0], r.losses
     assert (r.run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_recovery_skips_a_nan_step_and_finishes(tmp_path, data_file):
+    r = run(_config(tmp_path, data_file, name="skip", inject=["nan@3"], recovery={"enabled": True, "rollback_after": 3}))
+    assert r.status == "completed" and r.steps == 6
+    ev = _events(r.run_dir)
+    assert [(e["kind"], e["step"]) for e in ev] == [("detection", 3), ("skip", 3)]
+    assert ev[0]["detector"] == "nonfinite"
+    lines = [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6] and lines[2]["skipped"] is True
+    assert r.summary["recovery"]["skips"] == 1 and math.isfinite(r.losses[-1])
+
+
+def test_recovery_rolls_back_skips_the_window_and_marks_metrics(tmp_path, data_file):
+    cfg = _config(tmp_path, data_file, name="rb", max_steps=8, inject=["nan@5"],
+                  recovery={"enabled": True, "actions": ["rollback"], "rollback_after": 1, "lr_backoff": 0.5})
+    r = run(cfg)
+    assert r.status == "completed" and r.steps == 8
+    ev = _events(r.run_dir)
+    assert [e["kind"] for e in ev] == ["detection", "rollback"]
+    rb = ev[1]
+    assert rb["checkpoint"] == "step-4" and rb["step"] == 4 and rb["skipped_data_window"] == [4, 4] and rb["lr_factor"] == 0.5
+    lines = [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    live = [m["step"] for m in lines if not m.get("rolled_back")]
+    assert live == list(range(1, 9))  # nothing lost, the retried steps are there once
+    assert r.summary["recovery"] == {"detections": 1, "skips": 0, "rollbacks": 1, "pauses": 0, "data_offset": 1}
+    assert all(math.isfinite(x) for x in r.losses[-3:])
+
+
+def test_recovery_pauses_when_rollbacks_do_not_help(tmp_path, data_file):
+    cfg = _config(tmp_path, data_file, name="pause", max_steps=8, inject=["nan@5"],
+                  recovery={"enabled": True, "actions": ["rollback"], "rollback_after": 1, "max_rollbacks": 0})
+    r = run(cfg)
+    assert r.status.startswith("paused") and _events(r.run_dir)[-1]["kind"] == "pause"
+
+
+def test_bad_injection_and_unknown_action_are_config_errors(tmp_path, data_file):
+    with pytest.raises(ConfigError, match="nan@STEP"):
+        _config(tmp_path, data_file, inject=["nan5"])
+    with pytest.raises(ConfigError, match="recovery.actions"):
+        _config(tmp_path, data_file, recovery={"actions": ["reboot"]})

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slmlab.config import ConfigError, load_yaml, validate_model
 from slmlab.errors import unknown_name_message
+from slmlab.watch.recovery import RecoveryConfig, validate_injections
 
 
 class _Strict(BaseModel):
@@ -107,6 +108,8 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     output_dir: str = "runs"
     trackers: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, trackio (metrics.jsonl always).")
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig, description="Detect bad steps; skip or roll back.")
+    inject: list[str] = Field(default_factory=list, description="Fault injection for tests/demos: nan@S, lr_spike@S:F, poison@S:N.")
     context_frozen: bool = Field(
         False,
         description="Run each prompt (minus its last token) once without gradients and reuse its KV cache; "
@@ -118,6 +121,11 @@ class TrainConfig(_Strict):
         if self.context_frozen and self.objective.kind != "sft":
             raise ValueError("context_frozen: true supports objective.kind 'sft' only")
         return self
+
+    @field_validator("inject")
+    @classmethod
+    def _injections(cls, v: list[str]) -> list[str]:
+        return validate_injections(v)
 
     @field_validator("trackers")
     @classmethod

@@ -31,6 +31,7 @@ from slmlab.train.batching import EncodeStats, Encoded, collate, collate_frozen,
 from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from slmlab.train.config import TrainConfig, load_train_config
 from slmlab.train.objectives import OBJECTIVES, SupervisedLM
+from slmlab.watch.recovery import Injection, SpikeDetector
 
 
 class TrainingError(SlmlabError):
@@ -292,15 +293,23 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     loss_fn = OBJECTIVES[config.objective.kind]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    start_step, elapsed_before, tokens_seen = 0, 0.0, 0
+    start_step, elapsed_before, tokens_seen, data_offset = 0, 0.0, 0, 0
     metrics_path = run_dir / "metrics.jsonl"
+    events = _Events(run_dir / "events.jsonl", enabled=accelerator.is_main_process)
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
         start_step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
+        data_offset = state.get("data_offset", 0)
         if accelerator.is_main_process:
             _truncate_metrics(metrics_path, start_step)
-    elif metrics_path.exists() and accelerator.is_main_process:
-        metrics_path.unlink()
+    elif accelerator.is_main_process:
+        metrics_path.unlink(missing_ok=True)
+        events.path.unlink(missing_ok=True)
+    recovery = config.recovery
+    detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history)
+    injections = [Injection.parse(x) for x in config.inject]
+    fired: set[Injection] = set()
+    consecutive = rollbacks = 0
     if config.trackers:
         accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
 
@@ -315,27 +324,76 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     progress = _Progress(total_steps, start_step, enabled=accelerator.is_main_process)
     with progress:
         while step < total_steps:
-            micro = plan.step_micro_batches(step)
+            # The data position is the step plus the windows skipped by rollbacks.
+            position = step + data_offset
+            faults = _due_injections(injections, fired, step + 1, position + 1)
+            micro = plan.step_micro_batches(position)
             norm = _step_normaliser(micro, config.objective.kind)
             mine = micro[rank::world]
             t_step = time.perf_counter()
             step_loss, step_tokens = 0.0, 0
             for i, mb in enumerate(mine):
                 batch = _batch(mb, config.data.max_length, config.data.packing, pad_id, config.context_frozen)
+                if "poison" in faults:
+                    g = torch.Generator().manual_seed(position)
+                    batch["input_ids"] = torch.randint(0, len(tokenizer), batch["input_ids"].shape, generator=g)
                 ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else nullcontext()
                 with ctx:
                     parts = _call_objective(loss_fn, wrapped, batch, config)
+                    if "nan" in faults:
+                        parts.total = parts.total * float("nan")
                     # DDP averages gradients over processes; multiply back so the total is sum / norm.
                     accelerator.backward(parts.total * world / norm)
                 step_loss += parts.total.item()
                 step_tokens += int((batch["input_ids"].numel()))
             loss = _reduce_sum(accelerator, step_loss) / norm
-            if not math.isfinite(loss):
-                ids = sorted(e.index for mb in micro for u in mb for e in u)
-                raise TrainingError(f"step {step}: loss is {loss}; examples in this step: {ids[:32]}")
             grad_norm = None
             if config.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+            detection = detector.check(loss, grad_norm)
+            if detection is not None and detection.kind == "nonfinite" and not recovery.enabled:
+                ids = sorted(e.index for mb in micro for u in mb for e in u)
+                raise TrainingError(f"step {step}: loss is {loss}; examples in this step: {ids[:32]}")
+            if detection is not None and recovery.enabled:
+                consecutive += 1
+                events.emit("detection", step + 1, data_position=position, **detection.evidence())
+                optimizer.zero_grad(set_to_none=True)
+                wants_rollback = "rollback" in recovery.actions and (
+                    consecutive >= recovery.rollback_after or "skip" not in recovery.actions)
+                ckpt = latest_checkpoint(run_dir) if wants_rollback else None
+                if wants_rollback and rollbacks >= recovery.max_rollbacks:
+                    status = f"paused: {rollbacks} rollbacks did not clear {detection.kind} at step {step + 1}"
+                    events.emit("pause", step + 1, reason=status)
+                    break
+                if ckpt is not None:
+                    state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
+                    skipped_window = [state["step"] + data_offset, position]
+                    step, tokens_seen = state["step"], state["tokens_seen"]
+                    data_offset = position + 1 - step  # resume on the data after the faulty window
+                    scheduler.base_lrs = [lr * recovery.lr_backoff for lr in scheduler.base_lrs]
+                    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                        group["lr"] = base * fn(scheduler.last_epoch)
+                    rollbacks += 1
+                    consecutive = 0
+                    if accelerator.is_main_process:
+                        _mark_rolled_back(metrics_path, step)
+                    events.emit("rollback", step, checkpoint=ckpt.name, skipped_data_window=skipped_window,
+                                lr_factor=recovery.lr_backoff ** rollbacks)
+                    continue
+                # Skip: the batch is consumed, nothing is applied.
+                scheduler.step()
+                step += 1
+                events.emit("skip", step, detector=detection.kind)
+                losses.append(loss)
+                if accelerator.is_main_process:
+                    _append_metrics(metrics_path, {"step": step, "loss": loss, "grad_norm": grad_norm, "skipped": True})
+                progress.update(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+                continue
+            consecutive = 0
+            detector.accept(loss, grad_norm)
+            if "lr_spike" in faults:
+                for group in optimizer.param_groups:
+                    group["lr"] *= faults["lr_spike"]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -355,7 +413,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             progress.update(step, metrics)
             out_of_time = budget is not None and metrics["elapsed"] >= budget
             if (config.save_every and step % config.save_every == 0) or out_of_time or step == total_steps:
-                _save(accelerator, run_dir, step, model, optimizer, scheduler, config, metrics, tokens_seen)
+                _save(accelerator, run_dir, step, model, optimizer, scheduler, config, metrics, tokens_seen, data_offset)
             if on_step is not None:
                 on_step(step, metrics)
             if out_of_time and step < total_steps:
@@ -375,6 +433,9 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                        "trainable_params": sum(p.numel() for p in trainable)},
+            "recovery": {"detections": events.counts.get("detection", 0), "skips": events.counts.get("skip", 0),
+                         "rollbacks": events.counts.get("rollback", 0), "pauses": events.counts.get("pause", 0),
+                         "data_offset": data_offset},
             "versions": _versions(),
         }
         write_json(run_dir / "results.json", summary)
@@ -426,20 +487,72 @@ def _append_metrics(path: Path, metrics: dict) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, forget lines logged after the checkpoint: they will be logged again."""
+    """On resume, forget lines logged after the checkpoint: they will be logged again (rolled-back lines stay)."""
     import json
 
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and (json.loads(line)["step"] <= step or json.loads(line).get("rolled_back"))]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _save(accelerator, run_dir, step, model, optimizer, scheduler, config: TrainConfig, metrics, tokens_seen) -> None:
+def _mark_rolled_back(path: Path, step: int) -> None:
+    """After a rollback to ``step``, keep the later lines but mark them: nothing is lost, nothing is mistaken."""
+    import json
+
+    if not path.exists():
+        return
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        m = json.loads(line)
+        if m["step"] > step:
+            m["rolled_back"] = True
+        out.append(json.dumps(m))
+    atomic_write_text(path, "".join(line + "\n" for line in out))
+
+
+def _due_injections(injections: list[Injection], fired: set, step: int, position: int) -> dict[str, float]:
+    """Faults to apply now. nan/poison follow the data position (a rollback that skips the window
+    escapes them, as it would a real bad batch); lr_spike follows the step. Each fires once."""
+    due = {}
+    for inj in injections:
+        if inj in fired:
+            continue
+        hit = step >= inj.step if inj.kind == "lr_spike" else (
+            inj.step <= position < inj.step + (int(inj.value) if inj.kind == "poison" else 1))
+        if hit:
+            due[inj.kind] = inj.value
+            if inj.kind != "poison" or position == inj.step + int(inj.value) - 1:
+                fired.add(inj)
+    return due
+
+
+class _Events:
+    """events.jsonl: one line per detection, action, rollback or pause, with its evidence."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.counts: dict[str, int] = {}
+
+    def emit(self, kind: str, step: int, **data) -> None:
+        import json
+
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, "step": step, **data}) + "\n")
+
+
+def _save(accelerator, run_dir, step, model, optimizer, scheduler, config: TrainConfig, metrics, tokens_seen,
+          data_offset: int) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind,
-                        state={"step": step, "elapsed": metrics["elapsed"], "tokens_seen": tokens_seen},
+                        state={"step": step, "elapsed": metrics["elapsed"], "tokens_seen": tokens_seen,
+                               "data_offset": data_offset},
                         keep=config.keep_checkpoints)
     accelerator.wait_for_everyone()
 
