@@ -258,12 +258,15 @@ def train_cmd(
     config: Path | None = typer.Argument(None, help="Training config YAML (not needed with --resume)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optimizer.lr=1e-4 (repeatable)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    inject: list[str] = typer.Option([], "--inject", help="Fault injection: nan@STEP, lr_spike@STEP:FACTOR, poison@STEP:N (repeatable)."),
 ) -> None:
     """Fine-tune a model (LoRA or full; SFT, DPO or ORPO) and write a run directory.
 
     Example: [bold]slmlab train examples/configs/quickstart.yaml --set max_steps=20[/bold]
 
-    Resume a killed run exactly: [bold]slmlab train --resume runs/quickstart[/bold]
+    Resume a killed run exactly: [bold]slmlab train --resume runs/lora-v6-golden[/bold]
+
+    Watch recovery at work: [bold]slmlab train examples/configs/recovery-demo.yaml --inject lr_spike@20:1000[/bold]
     """
     from slmlab.train.config import load_train_config
     from slmlab.train.loop import resume_run, run
@@ -274,7 +277,8 @@ def train_cmd(
     elif config is None:
         raise SlmlabError("give a config file, or --resume RUN_DIR")
     else:
-        result = run(load_train_config(config, set_))
+        overrides = set_ + ([f"inject={inject!r}"] if inject else [])
+        result = run(load_train_config(config, overrides))
     t = result.summary.get("train", {})
     console.print(
         f"{result.status}: {result.steps} steps, final loss {t.get('final_loss') or float('nan'):.4f}, "

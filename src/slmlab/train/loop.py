@@ -541,6 +541,8 @@ class _Events:
         import json
 
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        # Strict JSON has no NaN/inf: write them as strings so any reader can parse the line.
+        data = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"kind": kind, "step": step, **data}) + "\n")
