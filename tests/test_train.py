@@ -287,3 +287,29 @@ def test_bad_injection_and_unknown_action_are_config_errors(tmp_path, data_file)
         _config(tmp_path, data_file, inject=["nan5"])
     with pytest.raises(ConfigError, match="recovery.actions"):
         _config(tmp_path, data_file, recovery={"actions": ["reboot"]})
+
+
+def test_rollback_restores_exactly_the_checkpoint_state(tmp_path, data_file, monkeypatch):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import slmlab.train.loop as loop
+
+    seen = {}
+    real = loop.load_checkpoint
+
+    def checked(path, model, optimizer, scheduler, *, adapter):
+        state = real(path, model, optimizer, scheduler, adapter=adapter)
+        saved = load_file(str(path / "weights.safetensors"))
+        now = get_peft_model_state_dict(model)
+        seen["weights_equal"] = saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
+        saved_opt = torch.load(path / "optimizer.pt", weights_only=True)["state"]
+        now_opt = optimizer.state_dict()["state"]
+        seen["optimizer_equal"] = all(torch.equal(saved_opt[i]["exp_avg"], now_opt[i]["exp_avg"]) for i in saved_opt)
+        seen["step"] = state["step"]
+        return state
+
+    monkeypatch.setattr(loop, "load_checkpoint", checked)
+    run(_config(tmp_path, data_file, name="exact-rb", max_steps=7, inject=["nan@6"],
+                recovery={"enabled": True, "actions": ["rollback"], "rollback_after": 1}))
+    assert seen == {"weights_equal": True, "optimizer_equal": True, "step": 4}
