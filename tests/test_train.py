@@ -313,3 +313,13 @@ def test_rollback_restores_exactly_the_checkpoint_state(tmp_path, data_file, mon
     run(_config(tmp_path, data_file, name="exact-rb", max_steps=7, inject=["nan@6"],
                 recovery={"enabled": True, "actions": ["rollback"], "rollback_after": 1}))
     assert seen == {"weights_equal": True, "optimizer_equal": True, "step": 4}
+
+
+def test_repeated_rollbacks_compound_the_lr_backoff_and_resume_does_not_refire(tmp_path, data_file):
+    rec = {"enabled": True, "actions": ["rollback"], "rollback_after": 1, "lr_backoff": 0.5}
+    ref = run(_config(tmp_path, data_file, name="ref", max_steps=6))
+    r = run(_config(tmp_path, data_file, name="rb2", max_steps=6, inject=["nan@5", "nan@6"], recovery=rec))
+    assert [e["lr_factor"] for e in _events(r.run_dir) if e["kind"] == "rollback"] == [0.5, 0.25]
+    live = {m["step"]: m for m in map(json.loads, (r.run_dir / "metrics.jsonl").read_text().splitlines()) if not m.get("rolled_back")}
+    base = {m["step"]: m for m in map(json.loads, (ref.run_dir / "metrics.jsonl").read_text().splitlines())}
+    assert base[5]["lr"] > 0 and abs(live[5]["lr"] / base[5]["lr"] - 0.25) < 1e-9

@@ -196,7 +196,8 @@ def _jsonl_generator(rng: random.Random, count: int, params: dict, ctx: GenConte
                 raise SlmlabError(f"{path}:{line.number}: field {name!r} must be a string")
         rows.append({"input": line.record[input_field], "output": line.record[output_field], "family": family})
     rng.shuffle(rows)
-    return [Example(r, "text:" + r["input"]) for r in rows[:count]]
+    # All rows: duplicates are removed by the caller, which then keeps the first `count`.
+    return [Example(r, "text:" + r["input"]) for r in rows]
 
 
 GENERATORS: dict[str, GeneratorFn] = {

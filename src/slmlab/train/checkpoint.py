@@ -67,7 +67,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, ad
     save_file(_weights(model, adapter), str(tmp / "weights.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": list(_py_state())}, tmp / "rng.pt")
+    rng = {"torch": torch.get_rng_state(), "python": list(_py_state())}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
     atomic_write_text(tmp / "state.json", json.dumps({**state, "adapter": adapter}, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -103,6 +106,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, *, adapter: str) ->
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
     return json.loads((path / "state.json").read_text(encoding="utf-8"))

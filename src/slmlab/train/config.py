@@ -120,6 +120,8 @@ class TrainConfig(_Strict):
     def _frozen_is_sft_only(self) -> TrainConfig:
         if self.context_frozen and self.objective.kind != "sft":
             raise ValueError("context_frozen: true supports objective.kind 'sft' only")
+        if self.objective.kind == "dpo" and self.adapter.kind != "lora":
+            raise ValueError("objective.kind 'dpo' needs adapter.kind 'lora' (the reference is the model with the adapter off)")
         return self
 
     @field_validator("inject")

@@ -135,7 +135,10 @@ class DataPlan:
     def __init__(self, units: list[list[Encoded]], batch_size: int, grad_accum: int, world: int, seed: int):
         self.units, self.batch_size, self.grad_accum, self.world, self.seed = units, batch_size, grad_accum, world, seed
         self.per_step = batch_size * grad_accum * world
-        self.steps_per_epoch = max(1, math.ceil(len(units) / self.per_step))
+        # With several processes a partial last step could leave a process without a
+        # micro-batch (it would then wait forever in the all-reduce): drop it, as drop_last does.
+        steps = len(units) / self.per_step
+        self.steps_per_epoch = max(1, math.floor(steps) if world > 1 else math.ceil(steps))
         self._perm_epoch, self._perm = -1, []
 
     def _permutation(self, epoch: int) -> list[int]:
@@ -217,11 +220,13 @@ def _evaluate(model: SupervisedLM, evals: list[Encoded], config: TrainConfig, pa
     loss_fn = OBJECTIVES[config.objective.kind]
     units = _units(evals, config.objective.kind)
     total, norm = 0.0, 0.0
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for i in range(0, len(units), config.batch_size):
             batch = _batch(units[i : i + config.batch_size], config.data.max_length, config.data.packing, pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             parts = _call_objective(loss_fn, model, batch, config)
             total += parts.total.item()
             norm += parts.normaliser
@@ -302,6 +307,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         data_offset = state.get("data_offset", 0)
         if accelerator.is_main_process:
             _truncate_metrics(metrics_path, start_step)
+        events.resume(start_step)
     elif accelerator.is_main_process:
         metrics_path.unlink(missing_ok=True)
         events.path.unlink(missing_ok=True)
@@ -309,7 +315,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history)
     injections = [Injection.parse(x) for x in config.inject]
     fired: set[Injection] = set()
-    consecutive = rollbacks = 0
+    consecutive, rollbacks = 0, events.counts.get("rollback", 0)
     if config.trackers:
         accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
 
@@ -334,9 +340,10 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             step_loss, step_tokens = 0.0, 0
             for i, mb in enumerate(mine):
                 batch = _batch(mb, config.data.max_length, config.data.packing, pad_id, config.context_frozen)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 if "poison" in faults:
                     g = torch.Generator().manual_seed(position)
-                    batch["input_ids"] = torch.randint(0, len(tokenizer), batch["input_ids"].shape, generator=g)
+                    batch["input_ids"] = torch.randint(0, len(tokenizer), batch["input_ids"].shape, generator=g).to(accelerator.device)
                 ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else nullcontext()
                 with ctx:
                     parts = _call_objective(loss_fn, wrapped, batch, config)
@@ -366,11 +373,13 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     events.emit("pause", step + 1, reason=status)
                     break
                 if ckpt is not None:
+                    # The checkpoint's scheduler carries its own base lrs; back off from the current ones so cuts compound.
+                    current_base = list(scheduler.base_lrs)
                     state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
                     skipped_window = [state["step"] + data_offset, position]
                     step, tokens_seen = state["step"], state["tokens_seen"]
                     data_offset = position + 1 - step  # resume on the data after the faulty window
-                    scheduler.base_lrs = [lr * recovery.lr_backoff for lr in scheduler.base_lrs]
+                    scheduler.base_lrs = [lr * recovery.lr_backoff for lr in current_base]
                     for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
                         group["lr"] = base * fn(scheduler.last_epoch)
                     rollbacks += 1
@@ -388,6 +397,9 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                 if accelerator.is_main_process:
                     _append_metrics(metrics_path, {"step": step, "loss": loss, "grad_norm": grad_norm, "skipped": True})
                 progress.update(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+                if step == total_steps:
+                    _save(accelerator, run_dir, step, model, optimizer, scheduler, config,
+                          {"elapsed": elapsed_before + time.perf_counter() - t0}, tokens_seen, data_offset)
                 continue
             consecutive = 0
             detector.accept(loss, grad_norm)
@@ -411,7 +423,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                 if config.trackers:
                     accelerator.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=step)
             progress.update(step, metrics)
-            out_of_time = budget is not None and metrics["elapsed"] >= budget
+            # Every process must agree, or one would stop (and wait in _save) while another trains on.
+            out_of_time = budget is not None and _reduce_sum(accelerator, float(metrics["elapsed"] >= budget)) > 0
             if (config.save_every and step % config.save_every == 0) or out_of_time or step == total_steps:
                 _save(accelerator, run_dir, step, model, optimizer, scheduler, config, metrics, tokens_seen, data_offset)
             if on_step is not None:
@@ -521,7 +534,7 @@ def _due_injections(injections: list[Injection], fired: set, step: int, position
     for inj in injections:
         if inj in fired:
             continue
-        hit = step >= inj.step if inj.kind == "lr_spike" else (
+        hit = step == inj.step if inj.kind == "lr_spike" else (
             inj.step <= position < inj.step + (int(inj.value) if inj.kind == "poison" else 1))
         if hit:
             due[inj.kind] = inj.value
@@ -536,6 +549,20 @@ class _Events:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
         self.counts: dict[str, int] = {}
+
+    def resume(self, step: int) -> None:
+        """Forget events after the checkpoint being resumed (they will happen again) and recount the rest."""
+        import json
+
+        if not self.path.exists():
+            return
+        kept = [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        kept = [e for e in kept if e["step"] <= step]
+        self.counts = {}
+        for e in kept:
+            self.counts[e["kind"]] = self.counts.get(e["kind"], 0) + 1
+        if self.enabled:
+            atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
 
     def emit(self, kind: str, step: int, **data) -> None:
         import json

@@ -147,7 +147,8 @@ def orpo_loss(model: SupervisedLM, batch: dict, lam: float = 0.1) -> LossParts:
     """
     logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
     ids, sums, counts = per_example_sums(logp, batch)
-    mean_logp = sums / counts
+    # log(1 − p) is −inf at p = 1; keep the mean strictly below 0 so gradients stay finite.
+    mean_logp = (sums / counts).clamp(max=-1e-7)
     c, r = _chosen_rejected(ids, mean_logp)
     log_odds = (c - r) - (_log1mexp(c) - _log1mexp(r))
     ratio = -F.logsigmoid(log_odds)
