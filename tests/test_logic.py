@@ -366,22 +366,7 @@ def _brute_monadic(puzzle: Puzzle, preds: list[str], consts: list[str], props: l
     Complete for monadic logic without equality: elements of equal type are
     interchangeable, so some model of at most 2^k elements exists whenever any does.
     """
-    seen_true = seen_false = False
-    for size in range(1, 2 ** len(preds) + 1):
-        subsets = [frozenset(d for d in range(size) if m >> d & 1) for m in range(1 << size)]
-        for extensions in itertools.product(subsets, repeat=len(preds)):
-            ext = dict(zip(preds, extensions))
-            for denotations in itertools.product(range(size), repeat=len(consts)):
-                cmap = dict(zip(consts, denotations))
-                for values in itertools.product([False, True], repeat=len(props)):
-                    pmap = dict(zip(props, values))
-                    if all(_holds(p, size, ext, cmap, pmap, {}) for p in puzzle.premises):
-                        if _holds(puzzle.query, size, ext, cmap, pmap, {}):
-                            seen_true = True
-                        else:
-                            seen_false = True
-                        if seen_true and seen_false:
-                            return UNDETERMINED
+    seen_true, seen_false = _brute_monadic_up_to(puzzle, preds, consts, props, 2 ** len(preds))
     return _verdict(seen_true, seen_false)
 
 
