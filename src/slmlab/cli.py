@@ -259,6 +259,8 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optimizer.lr=1e-4 (repeatable)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
     inject: list[str] = typer.Option([], "--inject", help="Fault injection: nan@STEP, lr_spike@STEP:FACTOR, poison@STEP:N (repeatable)."),
+    dashboard: bool | None = typer.Option(None, "--dashboard/--no-dashboard",
+                                          help="Live health dashboard (default: on when the output is a terminal)."),
 ) -> None:
     """Fine-tune a model (LoRA or full; SFT, DPO or ORPO) and write a run directory.
 
@@ -278,12 +280,46 @@ def train_cmd(
         raise SlmlabError("give a config file, or --resume RUN_DIR")
     else:
         overrides = set_ + ([f"inject={inject!r}"] if inject else [])
+        if dashboard is not None:
+            overrides.append(f"watch.dashboard={str(dashboard).lower()}")
         result = run(load_train_config(config, overrides))
     t = result.summary.get("train", {})
     console.print(
         f"{result.status}: {result.steps} steps, final loss {t.get('final_loss') or float('nan'):.4f}, "
         f"eval loss {result.eval_loss if result.eval_loss is not None else float('nan'):.4f}; run dir {result.run_dir}"
     )
+    rec = result.summary.get("recovery", {})
+    acted = {k: v for k, v in rec.items() if k not in ("data_offset", "reshuffles") and v}
+    if acted:
+        console.print("recovery: " + ", ".join(f"{k} {v}" for k, v in acted.items()) + f" (story: {result.run_dir}/events.jsonl)")
+    if (result.run_dir / "report.html").exists():
+        console.print(f"report: {result.run_dir / 'report.html'}")
+
+
+@app.command("watch")
+def watch_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (running or finished)."),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Keep updating until the run finishes (Ctrl-C to leave)."),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between re-reads of the run's logs."),
+) -> None:
+    """Attach a live health dashboard to a running or finished run, from any terminal.
+
+    Example: [bold]slmlab watch runs/recovery-demo[/bold]   (or --no-follow for one snapshot)
+    """
+    from slmlab.watch.dashboard import watch_run
+
+    watch_run(run_dir, follow=follow, interval=interval, console=console)
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Write RUN_DIR/report.html: loss, grad-norm, spectral and loop-rate curves with event markers.
+
+    Example: [bold]slmlab report runs/recovery-demo[/bold]
+    """
+    from slmlab.watch.run_report import write_run_report
+
+    console.print(f"wrote {write_run_report(run_dir)}")
 
 
 @app.command("runs")

@@ -19,12 +19,20 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 """
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 880, height: int = 260) -> str:
-    """Lines over a shared x axis (e.g. loss by step), with axis ticks and a legend."""
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 880, height: int = 260,
+               markers: list[tuple[float, str, str]] | None = None, scatter: tuple[str, ...] = ()) -> str:
+    """Lines over a shared x axis (e.g. loss by step), with axis ticks and a legend.
+
+    ``markers`` are (x, label, colour) events drawn as dashed vertical lines, so a curve shows
+    *when* something happened; ``scatter`` names series drawn as dots, for disjoint point sets
+    (e.g. rolled-back steps) that a line would wrongly join.
+    """
     pts = [p for s in series.values() for p in s]
     if not pts:
         return f"<p class='note'>{escape(title)}: no data</p>"
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    markers = markers or []
+    xs = [p[0] for p in pts] + [m[0] for m in markers]
+    x0, x1 = min(xs), max(xs)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     left, right, top, bottom = 56, 16, 28, 32
@@ -41,11 +49,20 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: 
         parts.append(f"<text x='{sx(xv):.1f}' y='{height - 12}' font-size='11' text-anchor='middle'>{xv:.0f}</text>")
     for k, (name, s) in enumerate(series.items()):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
-        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.8' points='{coords}'/>")
-        if len(s) == 1:
+        if name in scatter:
+            parts.extend(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2.5' fill='{colour}'/>" for x, y in s)
+        else:
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+            parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.8' points='{coords}'/>")
+        if len(s) == 1 and name not in scatter:
             parts.append(f"<circle cx='{sx(s[0][0]):.1f}' cy='{sy(s[0][1]):.1f}' r='3' fill='{colour}'/>")
         parts.append(f"<text x='{width - right - 160}' y='{top + 14 * k + 4}' font-size='12' fill='{colour}'>— {escape(name)}</text>")
+    for x, label, colour in markers:
+        mx = sx(x)
+        parts.append(f"<line class='marker' x1='{mx:.1f}' x2='{mx:.1f}' y1='{top}' y2='{height - bottom}' stroke='{colour}' "
+                     f"stroke-width='1' stroke-dasharray='3,3' opacity='.8'><title>{escape(label)} @ {x:g}</title></line>"
+                     f"<text x='{mx + 3:.1f}' y='{top + 2}' font-size='8' fill='{colour}' transform='rotate(90 {mx + 3:.1f} {top + 2})'>"
+                     f"{escape(label[:8])}</text>")
     parts.append("</svg>")
     return "".join(parts)
 

@@ -33,8 +33,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
+def is_healthy(path: Path) -> bool:
+    """Was this checkpoint taken while the run was healthy? (Older checkpoints carry no flag: yes.)"""
+    try:
+        return bool(json.loads((path / "state.json").read_text(encoding="utf-8")).get("healthy", True))
+    except (OSError, ValueError):
+        return False
+
+
+def mark_healthy(path: Path) -> None:
+    """Confirm a checkpoint as a rollback target (its state.json rewritten atomically)."""
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    atomic_write_text(path / "state.json", json.dumps({**state, "healthy": True}, indent=2) + "\n")
+
+
+def latest_checkpoint(run_dir: Path, healthy_only: bool = False) -> Path | None:
+    found = [p for p in list_checkpoints(run_dir) if not healthy_only or is_healthy(p)]
     return found[-1] if found else None
 
 
@@ -55,7 +69,9 @@ def _weights(model, adapter: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, adapter: str, state: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, adapter: str, state: dict, keep: int,
+                    keep_healthy: int = 0) -> Path:
+    """Write ``checkpoints/step-N`` atomically; keep the last ``keep`` and the last ``keep_healthy`` healthy ones."""
     from safetensors.torch import save_file
 
     root = checkpoints_dir(run_dir)
@@ -74,8 +90,12 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, ad
     atomic_write_text(tmp / "state.json", json.dumps({**state, "adapter": adapter}, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    found = list_checkpoints(run_dir)
+    healthy = [p for p in found if is_healthy(p)]
+    wanted = set(found[-keep:]) | (set(healthy[-keep_healthy:]) if keep_healthy else set())
+    for old in found:
+        if old not in wanted:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

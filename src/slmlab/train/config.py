@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slmlab.config import ConfigError, load_yaml, validate_model
 from slmlab.errors import unknown_name_message
+from slmlab.experimental import BasinLossConfig
+from slmlab.train.curriculum import CurriculumConfig
+from slmlab.watch.health import WatchConfig
 from slmlab.watch.recovery import RecoveryConfig, validate_injections
 
 
@@ -85,6 +88,11 @@ def parse_duration(text: str | int | float | None) -> float | None:
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
+class ExperimentalConfig(_Strict):
+    basin_loss: BasinLossConfig = Field(default_factory=BasinLossConfig,
+                                        description="Unvalidated seed-002 penalty on representation collapse (off).")
+
+
 class TrainConfig(_Strict):
     """Everything a training run needs. Unknown keys are errors."""
 
@@ -108,7 +116,10 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
     output_dir: str = "runs"
     trackers: list[str] = Field(default_factory=list, description="tensorboard, wandb, mlflow, trackio (metrics.jsonl always).")
-    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig, description="Detect bad steps; skip or roll back.")
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig, description="Detect bad steps and faults; act on them.")
+    watch: WatchConfig = Field(default_factory=WatchConfig, description="Health checks, probes, status and the live dashboard.")
+    curriculum: CurriculumConfig | None = Field(None, description="Phases with category mixes and spans (default: none).")
+    experimental: ExperimentalConfig = Field(default_factory=ExperimentalConfig)
     inject: list[str] = Field(default_factory=list, description="Fault injection for tests/demos: nan@S, lr_spike@S:F, poison@S:N.")
     context_frozen: bool = Field(
         False,

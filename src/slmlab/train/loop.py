@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from contextlib import nullcontext
 import resource
 import shutil
@@ -25,13 +26,16 @@ from pathlib import Path
 import yaml
 
 from slmlab.data.formats import atomic_write_text, iter_jsonl
+from slmlab.console import err_console
 from slmlab.errors import SlmlabError
 from slmlab.runs import record_run, write_json
 from slmlab.train.batching import EncodeStats, Encoded, collate, collate_frozen, encode_pairs, pack
-from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, mark_healthy, save_checkpoint
 from slmlab.train.config import TrainConfig, load_train_config
 from slmlab.train.objectives import OBJECTIVES, SupervisedLM
-from slmlab.watch.recovery import Injection, SpikeDetector
+from slmlab.watch.events import ACTION_KINDS, EventBus, EventsWriter, MetricsWriter
+from slmlab.watch.health import HealthMonitor
+from slmlab.watch.recovery import HealthPolicy, Injection, SpikeDetector, cooldown_factor, perturb_lora, prune_lora
 
 
 class TrainingError(SlmlabError):
@@ -83,8 +87,12 @@ def _load_records(path: Path) -> list[dict]:
     return [line.record for line in iter_jsonl(path)]
 
 
-def prepare_data(config: TrainConfig, run_dir: Path, tokenizer) -> tuple[list[Encoded], list[Encoded], EncodeStats]:
-    """Build, render and tokenize the data; every data error surfaces here, before the model loads."""
+def prepare_data(config: TrainConfig, run_dir: Path, tokenizer) -> tuple[list[Encoded], list[Encoded], EncodeStats, list[str]]:
+    """Build, render and tokenize the data; every data error surfaces here, before the model loads.
+
+    Also returns each training record's category (``category`` field, else ``"default"``),
+    which a curriculum draws on.
+    """
     if config.data.recipe:
         from slmlab.data.recipes import generate_dataset
 
@@ -109,13 +117,20 @@ def prepare_data(config: TrainConfig, run_dir: Path, tokenizer) -> tuple[list[En
             f"{where}: all {stats.total} examples were dropped: none fits max_length={config.data.max_length} "
             f"with its completion (truncation={config.data.truncation!r}). Raise data.max_length."
         )
-    return train, evals, stats
+    categories = [str(r.get("category") or "default") for r in train_recs]
+    return train, evals, stats, categories
 
 
 def _complete_pairs(examples: list[Encoded]) -> list[Encoded]:
     """Drop preference pairs that lost one side to truncation."""
     present = {e.index for e in examples}
     return [e for e in examples if (e.index ^ 1) in present]
+
+
+def _unit_categories(units: list[list[Encoded]], record_categories: list[str]) -> list[str]:
+    """Category of each scheduling unit (a preference pair's examples 2k, 2k+1 come from record k)."""
+    per_example = len(units[0]) if units else 1
+    return [record_categories[u[0].index // per_example] for u in units]
 
 
 def _units(examples: list[Encoded], objective: str) -> list[list[Encoded]]:
@@ -280,11 +295,36 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     # generates first; the others regenerate the same bytes (generation is deterministic).
     tokenizer = load_tokenizer(config.model)
     with accelerator.main_process_first():
-        train, evals, enc_stats = prepare_data(config, run_dir, tokenizer)
+        train, evals, enc_stats, train_categories = prepare_data(config, run_dir, tokenizer)
     units = _units(train, config.objective.kind)
+    curriculum = None
+    if config.curriculum:
+        from slmlab.train.curriculum import validate_against
+
+        categories = _unit_categories(units, train_categories)
+        try:
+            validate_against(config.curriculum, Counter(categories))
+        except ValueError as exc:
+            raise TrainingError(f"curriculum: {exc}") from None
+        curriculum = config.curriculum
+
+    def _make_plan(reshuffles: int):
+        # Mushroom mode reshuffles the data: a new seed for the permutations from here on.
+        seed = config.seed if reshuffles == 0 else config.seed * 1_000_003 + reshuffles
+        if curriculum is not None:
+            from slmlab.train.curriculum import CurriculumPlan
+
+            try:
+                return CurriculumPlan(units, categories, curriculum, total_steps, config.batch_size, config.grad_accum,
+                                      world, seed)
+            except ValueError as exc:
+                raise TrainingError(f"curriculum: {exc}") from None
+        return DataPlan(units, config.batch_size, config.grad_accum, world, seed)
+
     plan = DataPlan(units, config.batch_size, config.grad_accum, world, config.seed)
     # As in transformers: max_steps, when given, overrides epochs (the data cycles).
     total_steps = config.max_steps or math.ceil(config.epochs * plan.steps_per_epoch)
+    plan = _make_plan(0)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -298,28 +338,48 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     loss_fn = OBJECTIVES[config.objective.kind]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    start_step, elapsed_before, tokens_seen, data_offset = 0, 0.0, 0, 0
+    start_step, elapsed_before = 0, 0.0
+    st = _LoopState()
     metrics_path = run_dir / "metrics.jsonl"
-    events = _Events(run_dir / "events.jsonl", enabled=accelerator.is_main_process)
+    events_path = run_dir / "events.jsonl"
+    main = accelerator.is_main_process
+    resumed_state: dict = {}
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
-        start_step, elapsed_before, tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
-        data_offset = state.get("data_offset", 0)
-        if accelerator.is_main_process:
+        resumed_state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
+        start_step, elapsed_before = resumed_state["step"], resumed_state["elapsed"]
+        st = _LoopState.from_checkpoint(resumed_state)
+        if main:
             _truncate_metrics(metrics_path, start_step)
-        events.resume(start_step)
-    elif accelerator.is_main_process:
+    elif main:
         metrics_path.unlink(missing_ok=True)
-        events.path.unlink(missing_ok=True)
+        events_path.unlink(missing_ok=True)
+    plan = _make_plan(st.reshuffles) if st.reshuffles else plan
+
+    # The event stream: writers, the live view, the health monitor and the recovery policy listen.
+    bus = EventBus()
+    bus.counts = _trim_events(events_path, start_step, main) if resume else {}
+    bus.subscribe(MetricsWriter(metrics_path, enabled=main))
+    bus.subscribe(EventsWriter(events_path, enabled=main))
+    view = _live_view(config, total_steps, start_step, main)
+    bus.subscribe(view)
+    watch = config.watch
+    monitor = HealthMonitor(model, tokenizer, watch, bus, device=accelerator.device) if watch.enabled else None
+    aux = _BasinAux(model, config.experimental.basin_loss) if config.experimental.basin_loss.enabled else None
     recovery = config.recovery
+    policy = HealthPolicy(recovery, watch.every)
+    policy.load(resumed_state.get("policy", {}))
     detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history)
     injections = [Injection.parse(x) for x in config.inject]
     fired: set[Injection] = set()
-    consecutive, rollbacks = 0, events.counts.get("rollback", 0)
+    consecutive = 0
+    clean_since_save = True
+    # Checkpoints waiting to be confirmed healthy: damage shows one or more steps after the
+    # step that did it, so a checkpoint only counts once recovery.confirm_steps clean steps follow it.
+    unconfirmed: list[tuple[int, Path]] = []
     if config.trackers:
         accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
 
-    if accelerator.is_main_process:
+    if main:
         record_run(run_dir, name=config.name, status="running", model=config.model, objective=config.objective.kind,
                    config_yaml=config_yaml, step=start_step)
     budget = config.time_budget_seconds
@@ -327,17 +387,133 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     losses: list[float] = []
     status = "completed"
     step = start_step
-    progress = _Progress(total_steps, start_step, enabled=accelerator.is_main_process)
-    with progress:
+    phase_index = -1
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t0
+
+    def set_lr() -> None:
+        """The schedule's lr times the active cooldown and light-sleep multipliers."""
+        mult = cooldown_factor(st.cooldown, step) * (st.replay_lr if st.replay else 1.0)
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch) * mult
+
+    def save(candidate: bool) -> None:
+        """Checkpoint; a ``candidate`` (taken while healthy) becomes a rollback target once confirmed."""
+        healthy = candidate and recovery.confirm_steps == 0
+        state = {"step": step, "elapsed": elapsed(), "healthy": healthy, "policy": policy.state(), **st.to_checkpoint()}
+        accelerator.wait_for_everyone()
+        if main:
+            path = save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind, state=state,
+                                   keep=config.keep_checkpoints,
+                                   keep_healthy=recovery.keep_healthy if recovery.enabled else 0)
+            bus.publish("checkpoint", step, path=str(path.relative_to(run_dir)), healthy=healthy)
+            if candidate and not healthy:
+                unconfirmed.append((step, path))
+        accelerator.wait_for_everyone()
+
+    def confirm_checkpoints() -> None:
+        for item in list(unconfirmed):
+            ckpt_step, path = item
+            if step - ckpt_step >= recovery.confirm_steps:
+                unconfirmed.remove(item)
+                if path.is_dir():
+                    mark_healthy(path)
+                    bus.publish("checkpoint_confirmed", step, path=str(path.relative_to(run_dir)), checkpoint_step=ckpt_step)
+
+    def rollback(position: int, reason: str) -> bool:
+        """Back to the last healthy checkpoint, past the data that led here, with the LR backed off."""
+        nonlocal step, clean_since_save
+        ckpt = latest_checkpoint(run_dir, healthy_only=True)
+        if ckpt is None:
+            return False
+        # The checkpoint's scheduler carries its own base lrs; back off from the current ones so cuts compound.
+        current_base = list(scheduler.base_lrs)
+        rollbacks = st.rollbacks
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
+        skipped_window = [state["step"] + state.get("data_offset", 0), position]
+        restored = _LoopState.from_checkpoint(state)
+        step = state["step"]
+        restored.rollbacks = rollbacks + 1
+        restored.data_offset = position + 1 - step  # resume on the data after the faulty window
+        restored.reshuffles = st.reshuffles
+        st.__dict__.update(restored.__dict__)
+        # The policy's escalation memory (ladder rungs, streaks) is not rolled back: it must keep escalating.
+        scheduler.base_lrs = [lr * recovery.lr_backoff for lr in current_base]
+        set_lr()
+        detector.reset()
+        unconfirmed.clear()
+        clean_since_save = True  # back on a confirmed-healthy state
+        if main:
+            _mark_rolled_back(metrics_path, step)
+        bus.publish("rollback", step, checkpoint=ckpt.name, skipped_data_window=skipped_window,
+                    lr_factor=recovery.lr_backoff ** st.rollbacks, reason=reason)
+        return True
+
+    def pause(reason: str) -> str:
+        bus.publish("pause", step, reason=reason)
+        return f"paused: {reason}"
+
+    def act(decision, position: int) -> str | None:
+        """Carry out a health decision: 'rolled_back', a pause status (stop), or None (go on)."""
+        nonlocal plan
+        a, rec = decision.action, recovery
+        lora = config.adapter.kind == "lora"
+        if a is None:
+            return None
+        if a == "pause":
+            return pause(f"{decision.detector} persisted for {decision.evidence.get('consecutive_breakdown_steps')} "
+                         f"steps through the recovery ladder")
+        if a == "cooldown":
+            st.cooldown = {"start": step, "steps": rec.cooldown.steps, "factor": rec.cooldown.factor}
+            set_lr()
+            bus.publish("cooldown", step, detector=decision.detector, **st.cooldown)
+            return None
+        if a == "light_sleep":
+            # Replay the data seen just before the breakdown began, at a reduced LR.
+            end = max(0, position + 1 - policy.breakdown_steps)
+            n = rec.light_sleep.steps
+            st.replay = list(range(max(0, end - n), end)) if end > 0 else list(range(n))
+            st.replay_lr = rec.light_sleep.lr_factor
+            set_lr()
+            bus.publish("light_sleep", step, detector=decision.detector, replay_positions=[st.replay[0], st.replay[-1]],
+                        steps=len(st.replay), lr_factor=st.replay_lr)
+            return None
+        if a in ("rollback", "deep_sleep"):
+            if st.rollbacks >= rec.max_rollbacks:
+                return pause(f"{st.rollbacks} rollbacks did not clear {decision.detector} at step {step}")
+            if not rollback(position, decision.detector):
+                return pause(f"{decision.detector} at step {step} and no healthy checkpoint to roll back to")
+            if a == "deep_sleep":
+                pruned = prune_lora(model, rec.deep_sleep.prune_fraction) if lora else {"layers": 0}
+                bus.publish("deep_sleep", step, detector=decision.detector, prune_fraction=rec.deep_sleep.prune_fraction,
+                            **pruned)
+            return "rolled_back"
+        if a == "mushroom":
+            kick = perturb_lora(model, rec.mushroom.noise, seed=config.seed * 1_000_003 + step) if lora else {"weights": 0}
+            st.reshuffles += 1
+            plan = _make_plan(st.reshuffles)
+            bus.publish("mushroom", step, detector=decision.detector, reshuffle=st.reshuffles, **kick)
+            return None
+        raise AssertionError(f"unhandled action {a}")
+
+    with view:
         while step < total_steps:
-            # The data position is the step plus the windows skipped by rollbacks.
-            position = step + data_offset
+            # The data position is the step plus the windows skipped by rollbacks, unless a light
+            # sleep is replaying earlier data.
+            replaying = bool(st.replay)
+            position = st.replay[0] if replaying else step + st.data_offset
+            if curriculum is not None:
+                k, ph = plan.phase_at(position)
+                if k != phase_index:
+                    phase_index = k
+                    bus.publish("phase", step, index=k, name=ph.name, mix=ph.shares, data_position=position)
             faults = _due_injections(injections, fired, step + 1, position + 1)
             micro = plan.step_micro_batches(position)
             norm = _step_normaliser(micro, config.objective.kind)
             mine = micro[rank::world]
             t_step = time.perf_counter()
-            step_loss, step_tokens = 0.0, 0
+            step_loss, step_tokens, step_aux = 0.0, 0, 0.0
             for i, mb in enumerate(mine):
                 batch = _batch(mb, config.data.max_length, config.data.packing, pad_id, config.context_frozen)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -345,12 +521,17 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     g = torch.Generator().manual_seed(position)
                     batch["input_ids"] = torch.randint(0, len(tokenizer), batch["input_ids"].shape, generator=g).to(accelerator.device)
                 ctx = accelerator.no_sync(wrapped) if i < len(mine) - 1 else nullcontext()
-                with ctx:
+                with ctx, (aux.capture() if aux is not None else nullcontext()):
                     parts = _call_objective(loss_fn, wrapped, batch, config)
                     if "nan" in faults:
                         parts.total = parts.total * float("nan")
                     # DDP averages gradients over processes; multiply back so the total is sum / norm.
-                    accelerator.backward(parts.total * world / norm)
+                    objective = parts.total * world / norm
+                    if aux is not None:
+                        penalty = aux.penalty(batch) / len(mine)
+                        objective = objective + penalty
+                        step_aux += float(penalty)
+                    accelerator.backward(objective)
                 step_loss += parts.total.item()
                 step_tokens += int((batch["input_ids"].numel()))
             loss = _reduce_sum(accelerator, step_loss) / norm
@@ -358,48 +539,40 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             if config.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
             detection = detector.check(loss, grad_norm)
-            if detection is not None and detection.kind == "nonfinite" and not recovery.enabled:
+            if detection is not None and detection.kind not in recovery.detectors and detection.kind != "nonfinite":
+                detection = None  # that detector is switched off
+            if detection is not None and detection.kind == "nonfinite" and not (
+                    recovery.enabled and "nonfinite" in recovery.detectors):
                 ids = sorted(e.index for mb in micro for u in mb for e in u)
                 raise TrainingError(f"step {step}: loss is {loss}; examples in this step: {ids[:32]}")
             if detection is not None and recovery.enabled:
                 consecutive += 1
-                events.emit("detection", step + 1, data_position=position, **detection.evidence())
+                clean_since_save = False
+                unconfirmed.clear()
+                bus.publish("detection", step + 1, data_position=position, **detection.evidence())
                 optimizer.zero_grad(set_to_none=True)
                 wants_rollback = "rollback" in recovery.actions and (
                     consecutive >= recovery.rollback_after or "skip" not in recovery.actions)
-                ckpt = latest_checkpoint(run_dir) if wants_rollback else None
-                if wants_rollback and rollbacks >= recovery.max_rollbacks:
-                    status = f"paused: {rollbacks} rollbacks did not clear {detection.kind} at step {step + 1}"
-                    events.emit("pause", step + 1, reason=status)
+                if wants_rollback and st.rollbacks >= recovery.max_rollbacks:
+                    status = pause(f"{st.rollbacks} rollbacks did not clear {detection.kind} at step {step + 1}")
                     break
-                if ckpt is not None:
-                    # The checkpoint's scheduler carries its own base lrs; back off from the current ones so cuts compound.
-                    current_base = list(scheduler.base_lrs)
-                    state = load_checkpoint(ckpt, model, optimizer, scheduler, adapter=config.adapter.kind)
-                    skipped_window = [state["step"] + data_offset, position]
-                    step, tokens_seen = state["step"], state["tokens_seen"]
-                    data_offset = position + 1 - step  # resume on the data after the faulty window
-                    scheduler.base_lrs = [lr * recovery.lr_backoff for lr in current_base]
-                    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                        group["lr"] = base * fn(scheduler.last_epoch)
-                    rollbacks += 1
-                    consecutive = 0
-                    if accelerator.is_main_process:
-                        _mark_rolled_back(metrics_path, step)
-                    events.emit("rollback", step, checkpoint=ckpt.name, skipped_data_window=skipped_window,
-                                lr_factor=recovery.lr_backoff ** rollbacks)
-                    continue
+                if wants_rollback:
+                    if rollback(position, detection.kind):
+                        consecutive = 0
+                        continue
+                    if "skip" not in recovery.actions:
+                        status = pause(f"{detection.kind} at step {step + 1} and no healthy checkpoint to roll back to")
+                        break
                 # Skip: the batch is consumed, nothing is applied.
                 scheduler.step()
                 step += 1
-                events.emit("skip", step, detector=detection.kind)
+                _advance_data(st, replaying)
+                set_lr()
+                bus.publish("skip", step, detector=detection.kind)
                 losses.append(loss)
-                if accelerator.is_main_process:
-                    _append_metrics(metrics_path, {"step": step, "loss": loss, "grad_norm": grad_norm, "skipped": True})
-                progress.update(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+                bus.publish("step", step, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], skipped=True)
                 if step == total_steps:
-                    _save(accelerator, run_dir, step, model, optimizer, scheduler, config,
-                          {"elapsed": elapsed_before + time.perf_counter() - t0}, tokens_seen, data_offset)
+                    save(candidate=False)
                 continue
             consecutive = 0
             detector.accept(loss, grad_norm)
@@ -410,23 +583,45 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += step_tokens * world
+            _advance_data(st, replaying)
+            set_lr()
+            if main and _is_healthy(monitor, recovery):
+                confirm_checkpoints()
+            st.tokens_seen += step_tokens * world
             dt = time.perf_counter() - t_step
             losses.append(loss)
-            metrics = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                       "tokens": tokens_seen, "tokens_per_s": step_tokens * world / dt if dt else None,
-                       "elapsed": elapsed_before + time.perf_counter() - t0}
+            metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                       "tokens": st.tokens_seen, "tokens_per_s": step_tokens * world / dt if dt else None,
+                       "elapsed": elapsed()}
+            if aux is not None:
+                metrics["basin_penalty"] = _reduce_sum(accelerator, step_aux)
+            if replaying:
+                metrics["replay"] = True
             if config.eval_every and step % config.eval_every == 0:
                 metrics["eval_loss"] = _evaluate(wrapped, evals, config, pad_id)
-            if accelerator.is_main_process and (step % config.log_every == 0 or step == total_steps):
-                _append_metrics(metrics_path, metrics)
-                if config.trackers:
-                    accelerator.log({k: v for k, v in metrics.items() if v is not None and k != "step"}, step=step)
-            progress.update(step, metrics)
-            # Every process must agree, or one would stop (and wait in _save) while another trains on.
+                bus.publish("eval", step, eval_loss=metrics["eval_loss"])
+            if step % config.log_every == 0 or step == total_steps:
+                bus.publish("step", step, **metrics)
+                if config.trackers and main:
+                    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+            check = monitor.check(step) if monitor is not None else None
+            if check is not None:
+                decision = policy.decide(check, cooling=cooldown_factor(st.cooldown, step) < 1)
+                if decision is not None:
+                    clean_since_save = False
+                    unconfirmed.clear()
+                    bus.publish("detection", step, detector=decision.detector, action=decision.action, **decision.evidence)
+                    outcome = act(decision, position)
+                    if outcome == "rolled_back":
+                        continue
+                    if outcome is not None:
+                        status = outcome
+                        break
+            # Every process must agree, or one would stop (and wait in save) while another trains on.
             out_of_time = budget is not None and _reduce_sum(accelerator, float(metrics["elapsed"] >= budget)) > 0
             if (config.save_every and step % config.save_every == 0) or out_of_time or step == total_steps:
-                _save(accelerator, run_dir, step, model, optimizer, scheduler, config, metrics, tokens_seen, data_offset)
+                save(candidate=clean_since_save and _is_healthy(monitor, recovery))
+                clean_since_save = True
             if on_step is not None:
                 on_step(step, metrics)
             if out_of_time and step < total_steps:
@@ -439,19 +634,25 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         _save_final(run_dir, model, tokenizer, config)
         summary = {
             "run": {"name": config.name, "model": config.model, "status": status, "steps": step, "total_steps": total_steps},
-            "train": {"final_loss": losses[-1] if losses else None, "eval_loss": eval_loss, "tokens_seen": tokens_seen,
-                      "examples": len(train), "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            "train": {"final_loss": losses[-1] if losses else None, "eval_loss": eval_loss, "tokens_seen": st.tokens_seen,
+                      "examples": len(train), "elapsed_s": elapsed(),
                       "truncated_prompts": enc_stats.prompt_truncated, "truncated_completions": enc_stats.completion_truncated,
                       "dropped_examples": enc_stats.dropped},
             "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                        "trainable_params": sum(p.numel() for p in trainable)},
-            "recovery": {"detections": events.counts.get("detection", 0), "skips": events.counts.get("skip", 0),
-                         "rollbacks": events.counts.get("rollback", 0), "pauses": events.counts.get("pause", 0),
-                         "data_offset": data_offset},
+            "recovery": {**{f"{k}s": bus.counts.get(k, 0) for k in ("detection", *ACTION_KINDS)},
+                         "data_offset": st.data_offset, "reshuffles": st.reshuffles},
+            "watch": _watch_summary(monitor),
             "versions": _versions(),
         }
         write_json(run_dir / "results.json", summary)
+        try:
+            from slmlab.watch.run_report import write_run_report
+
+            write_run_report(run_dir)
+        except Exception as exc:  # the run is saved; a report failure must not hide that
+            err_console.print(f"[yellow]warning:[/yellow] could not write {run_dir}/report.html: {exc}")
         record_run(run_dir, name=config.name, status=status, model=config.model, objective=config.objective.kind,
                    config_yaml=config_yaml, step=step, final_loss=losses[-1] if losses else None, eval_loss=eval_loss,
                    summary=summary)
@@ -543,47 +744,123 @@ def _due_injections(injections: list[Injection], fired: set, step: int, position
     return due
 
 
-class _Events:
-    """events.jsonl: one line per detection, action, rollback or pause, with its evidence."""
+@dataclass
+class _LoopState:
+    """What the loop carries between steps besides model/optimizer/scheduler; saved in every checkpoint."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.counts: dict[str, int] = {}
+    tokens_seen: int = 0
+    data_offset: int = 0  # data windows skipped by rollbacks (position = step + data_offset)
+    rollbacks: int = 0
+    reshuffles: int = 0  # mushroom-mode data reshuffles so far
+    cooldown: dict | None = None  # {"start", "steps", "factor"}
+    replay: list[int] = field(default_factory=list)  # light sleep: data positions still to replay
+    replay_lr: float = 1.0
 
-    def resume(self, step: int) -> None:
-        """Forget events after the checkpoint being resumed (they will happen again) and recount the rest."""
-        import json
+    def to_checkpoint(self) -> dict:
+        return {"tokens_seen": self.tokens_seen, "data_offset": self.data_offset, "rollbacks": self.rollbacks,
+                "reshuffles": self.reshuffles, "cooldown": self.cooldown, "replay": list(self.replay),
+                "replay_lr": self.replay_lr}
 
-        if not self.path.exists():
-            return
-        kept = [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        kept = [e for e in kept if e["step"] <= step]
-        self.counts = {}
-        for e in kept:
-            self.counts[e["kind"]] = self.counts.get(e["kind"], 0) + 1
-        if self.enabled:
-            atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in kept))
-
-    def emit(self, kind: str, step: int, **data) -> None:
-        import json
-
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        # Strict JSON has no NaN/inf: write them as strings so any reader can parse the line.
-        data = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "step": step, **data}) + "\n")
+    @staticmethod
+    def from_checkpoint(state: dict) -> _LoopState:
+        return _LoopState(tokens_seen=state.get("tokens_seen", 0), data_offset=state.get("data_offset", 0),
+                          rollbacks=state.get("rollbacks", 0), reshuffles=state.get("reshuffles", 0),
+                          cooldown=state.get("cooldown"), replay=list(state.get("replay", [])),
+                          replay_lr=state.get("replay_lr", 1.0))
 
 
-def _save(accelerator, run_dir, step, model, optimizer, scheduler, config: TrainConfig, metrics, tokens_seen,
-          data_offset: int) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind,
-                        state={"step": step, "elapsed": metrics["elapsed"], "tokens_seen": tokens_seen,
-                               "data_offset": data_offset},
-                        keep=config.keep_checkpoints)
-    accelerator.wait_for_everyone()
+def _advance_data(st: _LoopState, replaying: bool) -> None:
+    """A replayed step used old data: the fresh-data position must not move."""
+    if replaying:
+        st.replay.pop(0)
+        st.data_offset -= 1
+
+
+def _is_healthy(monitor, recovery) -> bool:
+    """No enabled health detector objects (a heuristic nobody asked to act on does not veto checkpoints)."""
+    last = monitor.last if monitor is not None else None
+    if last is None:
+        return True
+    return not (("danger" in recovery.detectors and last.status == "DANGER")
+                or ("breakdown" in recovery.detectors and last.regime == "breakdown"))
+
+
+def _watch_summary(monitor) -> dict:
+    if monitor is None:
+        return {"enabled": False}
+    last = monitor.last
+    return {"enabled": True, "seconds": monitor.seconds,
+            "last_status": last.status if last else None, "last_regime": last.regime if last else None,
+            "last_phi": last.phi if last else None,
+            "last_loop_rate": monitor.last_probe["loop_rate"] if monitor.last_probe else None}
+
+
+def _trim_events(path: Path, step: int, write: bool) -> dict[str, int]:
+    """On resume, forget events after the checkpoint (they will happen again); return the counts of the rest."""
+    import json
+
+    from slmlab.watch.events import read_jsonl
+
+    kept = [e for e in read_jsonl(path) if e["step"] <= step]
+    counts: dict[str, int] = {}
+    for e in kept:
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    if write and path.exists():
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+    return counts
+
+
+def _live_view(config: TrainConfig, total: int, start: int, main: bool):
+    """The live dashboard on a terminal (or when asked), else a plain progress bar; nothing off the main process."""
+    import sys
+
+    wanted = config.watch.dashboard if config.watch.dashboard is not None else sys.stdout.isatty()
+    if main and wanted:
+        from slmlab.watch.dashboard import Dashboard
+
+        return Dashboard(config.name, total, start, enabled=True)
+    return _Progress(total, start, enabled=main)
+
+
+class _BasinAux:
+    """The experimental basin-aware penalty on ``hidden_states[layer]``, captured by a forward hook."""
+
+    def __init__(self, model, cfg):
+        from slmlab.experimental.basin_loss import basin_penalty  # warns: it is experimental
+
+        self.fn, self.cfg = basin_penalty, cfg
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        decoder = core.get_decoder()
+        n = len(decoder.layers)
+        idx = cfg.layer if cfg.layer >= 0 else n + 1 + cfg.layer
+        if not 0 <= idx <= n:
+            raise TrainingError(f"experimental.basin_loss.layer: {cfg.layer} is out of range for {n} layers (-{n + 1}..{n})")
+        # hidden_states[0] = embeddings, [k] = output of layer k-1, [n] = after the final norm.
+        self.module = decoder if idx == n else (decoder.embed_tokens if idx == 0 else decoder.layers[idx - 1])
+        self.hidden = None
+
+    def capture(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            def hook(_mod, _args, output):
+                out = output[0] if isinstance(output, tuple) else getattr(output, "last_hidden_state", output)
+                self.hidden = out
+
+            handle = self.module.register_forward_hook(hook)
+            try:
+                yield
+            finally:
+                handle.remove()
+
+        return ctx()
+
+    def penalty(self, batch: dict):
+        mask = batch["example_ids"] >= 0 if "example_ids" in batch else None
+        value, _ = self.fn(self.hidden, mask, self.cfg)
+        self.hidden = None
+        return value
 
 
 def _save_final(run_dir: Path, model, tokenizer, config: TrainConfig) -> None:
@@ -631,7 +908,11 @@ class _Progress:
             self.bar.__exit__(*exc)
         return False
 
+    def on_event(self, event) -> None:
+        if event.kind == "step":
+            self.update(event.step, event.data)
+
     def update(self, step: int, m: dict) -> None:
-        if self.enabled:
+        if self.enabled and isinstance(m.get("loss"), float) and isinstance(m.get("lr"), float):
             tps = f"{m['tokens_per_s']:.0f} tok/s" if m.get("tokens_per_s") else ""
             self.bar.update(self.task, completed=step, info=f"loss {m['loss']:.4f} lr {m['lr']:.2e} {tps}")

@@ -25,25 +25,92 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field
-
-ACTIONS = ("skip", "rollback")
+DETECTORS = ("nonfinite", "loss_spike", "grad_spike", "danger", "breakdown")
+ACTIONS = ("skip", "cooldown", "rollback", "light_sleep", "deep_sleep", "mushroom", "pause")
+LADDER = ("cooldown", "light_sleep", "deep_sleep", "mushroom")
 _INJECT = re.compile(r"^(nan|lr_spike|poison)@(\d+)(?::([0-9.eE+-]+))?$")
 
 
-class RecoveryConfig(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class CooldownConfig(_Strict):
+    factor: float = Field(0.5, gt=0, le=1, description="LR multiplier at the start of a cooldown.")
+    steps: int = Field(20, ge=1, description="Steps over which the LR eases back linearly to the schedule.")
+
+
+class LadderConfig(_Strict):
+    """Consecutive breakdown steps at which each rung starts (seed 004's ladder)."""
+
+    light_sleep: int = Field(20, ge=1)
+    deep_sleep: int = Field(50, ge=1)
+    mushroom: int = Field(100, ge=1)
+    pause: int = Field(150, ge=1, description="Still in breakdown after this many steps: pause the run.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LadderConfig:
+        vals = [self.light_sleep, self.deep_sleep, self.mushroom, self.pause]
+        if vals != sorted(vals) or len(set(vals)) != 4:
+            raise ValueError(f"ladder: expected light_sleep < deep_sleep < mushroom < pause, got {vals}")
+        return self
+
+
+class LightSleepConfig(_Strict):
+    steps: int = Field(10, ge=1, description="Steps of replay of earlier, healthy data.")
+    lr_factor: float = Field(0.3, gt=0, le=1, description="LR multiplier during the replay.")
+
+
+class DeepSleepConfig(_Strict):
+    prune_fraction: float = Field(0.25, gt=0, lt=1, description="Share of each LoRA delta's weakest singular directions removed.")
+
+
+class MushroomConfig(_Strict):
+    noise: float = Field(0.05, gt=0, le=1, description="Norm of the random perturbation relative to each adapter weight's norm.")
+
+
+class RecoveryConfig(_Strict):
     enabled: bool = Field(False, description="Detect bad steps and act on them (otherwise a NaN stops the run).")
+    detectors: list[str] = Field(default_factory=lambda: ["nonfinite", "loss_spike", "grad_spike"],
+                                 description="Which detectors act: " + ", ".join(DETECTORS) + ".")
+    actions: list[str] = Field(default_factory=lambda: ["skip", "rollback"],
+                               description="Actions allowed: " + ", ".join(ACTIONS) + ".")
     window: int = Field(128, ge=4, description="Rolling window of healthy values for the z-scores.")
     z: float = Field(6.0, gt=0, description="z-score above which a loss or grad-norm value is a spike.")
     min_history: int = Field(16, ge=2, description="Healthy values needed before spikes are judged.")
-    actions: list[Literal["skip", "rollback"]] = Field(default_factory=lambda: ["skip", "rollback"])
     rollback_after: int = Field(2, ge=1, description="Consecutive detections that trigger a rollback.")
     lr_backoff: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied at each rollback.")
     max_rollbacks: int = Field(3, ge=0, description="Pause the run after this many rollbacks.")
+    danger_checks: int = Field(3, ge=1, description="Consecutive DANGER health checks that make a detection.")
+    keep_healthy: int = Field(2, ge=1, description="Confirmed-healthy checkpoints that are always kept.")
+    confirm_steps: int = Field(1, ge=0, description="Clean steps after a checkpoint before it becomes a rollback target "
+                               "(damage shows a step or more after the step that did it).")
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    ladder: LadderConfig = Field(default_factory=LadderConfig)
+    light_sleep: LightSleepConfig = Field(default_factory=LightSleepConfig)
+    deep_sleep: DeepSleepConfig = Field(default_factory=DeepSleepConfig)
+    mushroom: MushroomConfig = Field(default_factory=MushroomConfig)
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, v: list[str]) -> list[str]:
+        return _known("detector", v, DETECTORS)
+
+    @field_validator("actions")
+    @classmethod
+    def _known_actions(cls, v: list[str]) -> list[str]:
+        return _known("action", v, ACTIONS)
+
+
+def _known(kind: str, names: list[str], known: tuple[str, ...]) -> list[str]:
+    from slmlab.errors import unknown_name_message
+
+    for name in names:
+        if name not in known:
+            raise ValueError(unknown_name_message(kind, name, list(known)))
+    return names
 
 
 @dataclass(frozen=True)
@@ -113,3 +180,154 @@ class SpikeDetector:
     def reset(self) -> None:
         self.losses.clear()
         self.grads.clear()
+
+
+# --------------------------------------------------------------------------- health-driven policy
+
+
+@dataclass
+class Decision:
+    detector: str  # danger | breakdown
+    action: str | None  # one of ACTIONS, or None: detected, nothing allowed to act
+    evidence: dict
+
+
+@dataclass
+class HealthPolicy:
+    """Turns health checks into decisions: sustained DANGER → cooldown (then rollback);
+    breakdown → the ladder by consecutive breakdown steps (each rung once per streak), then pause.
+
+    ``every`` is the number of steps between health checks: one breakdown check stands for
+    ``every`` breakdown steps.
+    """
+
+    config: RecoveryConfig
+    every: int
+    danger_streak: int = 0
+    breakdown_steps: int = 0
+    rungs_done: set = field(default_factory=set)
+
+    def rung_for(self, steps: int) -> str:
+        lad = self.config.ladder
+        # Seed 004: < 20 cooldown, 20–50 light sleep, 50–100 deep sleep, > 100 mushroom; pause is ours.
+        if steps > lad.pause:
+            return "pause"
+        if steps > lad.mushroom:
+            return "mushroom"
+        if steps >= lad.deep_sleep:
+            return "deep_sleep"
+        if steps >= lad.light_sleep:
+            return "light_sleep"
+        return "cooldown"
+
+    def decide(self, check, cooling: bool) -> Decision | None:
+        c = self.config
+        if not c.enabled:
+            return None
+        if "breakdown" in c.detectors:
+            if check.regime == "breakdown":
+                self.breakdown_steps += self.every
+                rung = self.rung_for(self.breakdown_steps)
+                evidence = {"phi": check.phi, "regime": check.regime, "consecutive_breakdown_steps": self.breakdown_steps,
+                            "rung": rung}
+                if rung in self.rungs_done:
+                    return None
+                self.rungs_done.add(rung)
+                allowed = rung == "pause" or rung in c.actions
+                return Decision("breakdown", rung if allowed else None, evidence)
+            self.breakdown_steps, self.rungs_done = 0, set()
+        if "danger" in c.detectors:
+            self.danger_streak = self.danger_streak + 1 if check.status == "DANGER" else 0
+            if self.danger_streak >= c.danger_checks:
+                evidence = {"status": check.status, "reasons": check.reasons, "consecutive_checks": self.danger_streak}
+                self.danger_streak = 0
+                if "cooldown" in c.actions and not cooling:
+                    return Decision("danger", "cooldown", evidence)
+                return Decision("danger", "rollback" if "rollback" in c.actions else None, evidence)
+        return None
+
+    def state(self) -> dict:
+        return {"danger_streak": self.danger_streak, "breakdown_steps": self.breakdown_steps,
+                "rungs_done": sorted(self.rungs_done)}
+
+    def load(self, state: dict) -> None:
+        self.danger_streak = state.get("danger_streak", 0)
+        self.breakdown_steps = state.get("breakdown_steps", 0)
+        self.rungs_done = set(state.get("rungs_done", []))
+
+
+def cooldown_factor(cooldown: dict | None, step: int) -> float:
+    """LR multiplier of a cooldown ``{"start", "steps", "factor"}`` at ``step``: factor, easing linearly to 1."""
+    if not cooldown:
+        return 1.0
+    done = (step - cooldown["start"]) / cooldown["steps"]
+    if done >= 1:
+        return 1.0
+    return cooldown["factor"] + (1 - cooldown["factor"]) * max(0.0, done)
+
+
+# --------------------------------------------------------------------------- adapter surgery
+
+
+def _lora_pairs(model):
+    """(module name, A weight, B weight) of every LoRA layer's active adapters."""
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and hasattr(mod, "lora_B") and hasattr(mod, "active_adapters"):
+            for adapter in mod.active_adapters:
+                if adapter in mod.lora_A:
+                    yield name, mod.lora_A[adapter].weight, mod.lora_B[adapter].weight
+
+
+def prune_lora(model, fraction: float) -> dict:
+    """Deep sleep's pruning: keep each LoRA delta's strongest singular directions, drop the weakest ``fraction``.
+
+    ``B·A = (Q_B U) S (Q_A V)ᵀ`` from QR factors and the SVD of the r×r core ``R_B R_Aᵀ``
+    (the d_out×d_in product is never built). The kept part is written back as
+    ``B' = Q_B U_k √S_k``, ``A' = √S_k (Q_A V_k)ᵀ`` padded with zeros to rank r.
+    Returns the share of the delta's squared Frobenius norm removed (mean over layers).
+    """
+    import torch
+
+    removed = []
+    with torch.no_grad():
+        for _, A, B in _lora_pairs(model):
+            r = A.shape[0]
+            keep = max(1, int(round(r * (1 - fraction))))
+            A64, B64 = A.double(), B.double()
+            qb, rb = torch.linalg.qr(B64)
+            qa, ra = torch.linalg.qr(A64.T)
+            u, s, vh = torch.linalg.svd(rb @ ra.T)
+            total = float((s**2).sum())
+            if total == 0:
+                continue
+            root = s[:keep].sqrt()
+            newB = torch.zeros_like(B64)
+            newA = torch.zeros_like(A64)
+            newB[:, :keep] = (qb @ u[:, :keep]) * root
+            newA[:keep, :] = root[:, None] * (qa @ vh[:keep].T).T
+            B.copy_(newB.to(B.dtype))
+            A.copy_(newA.to(A.dtype))
+            removed.append(float((s[keep:] ** 2).sum()) / total)
+    return {"layers": len(removed), "energy_removed": sum(removed) / len(removed) if removed else 0.0}
+
+
+def perturb_lora(model, noise: float, seed: int) -> dict:
+    """Mushroom mode's kick: add to each LoRA weight W a seeded Gaussian direction of norm ``noise·‖W‖``.
+
+    Bounded by construction (the added norm is exactly ``noise`` times the weight's own);
+    a zero weight (an untrained B) is left alone.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    with torch.no_grad():
+        for _, A, B in _lora_pairs(model):
+            for W in (A, B):
+                norm = float(W.double().norm())
+                if norm == 0:
+                    continue
+                d = torch.randn(W.shape, generator=g, dtype=torch.float64)
+                W.add_((d * (noise * norm / float(d.norm()))).to(W.dtype).to(W.device))
+                n += 1
+    return {"weights": n, "relative_norm": noise}

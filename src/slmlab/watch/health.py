@@ -1,0 +1,329 @@
+"""Health checks during training: status table, Φ and regimes, and generation probes.
+
+Every ``watch.every`` steps the monitor runs the fixed probe prompts through the model once
+(no gradients, eval mode) and takes the spectrum of the covariance of the final hidden
+states (after the model's last norm) over the prompt tokens. From it:
+
+* the seed-002 status metrics: ``spectral_entropy`` (nats), ``phi_proximity`` (a heuristic),
+  ``dominant_ratio``;
+* ``phi`` (Φ) = ``1 − H / log n`` with ``H`` the spectral entropy and ``n = min(d, T − 1)``
+  the largest rank the covariance of ``T`` tokens in ``d`` dimensions can have. Φ is 0 when
+  the variance is spread evenly over every direction the batch can occupy and 1 when one
+  direction carries all of it. Why this choice: ``docs/watch.md``. It is measured, never
+  optimised;
+* the regime: ``linear`` (Φ < 0.30), ``geometric`` (0.30 ≤ Φ < 0.80), ``breakdown`` (Φ ≥ 0.80)
+  — the seed's thresholds as configurable defaults.
+
+Every ``watch.probe_every`` steps the monitor also generates greedily from the probe prompts
+and labels each text with the basin labeller: ``loop_rate`` (share SEMANTIC_LOOP) and
+``collapse_rate`` (share TOKEN_COLLAPSE). Every ``watch.spectral_every`` steps it adds the
+spectral summary of one rotating slice of the LoRA deltas (informational, no status level).
+
+Levels per metric (good / warning / danger) combine into one status: any danger → DANGER;
+two or more warnings → WARNING; one warning → DRIFTING; otherwise STABLE. Each non-good
+level is a reason shown next to the status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STATUSES = ("STABLE", "DRIFTING", "WARNING", "DANGER")
+REGIMES = ("linear", "geometric", "breakdown")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Band(_Strict):
+    """One metric's thresholds: ``good`` and ``danger`` bounds; between them is warning."""
+
+    good: float
+    danger: float
+    higher_is_better: bool
+
+
+def _band(good: float, danger: float, higher: bool, text: str):
+    return Field(default_factory=lambda: Band(good=good, danger=danger, higher_is_better=higher), description=text)
+
+
+class StatusThresholds(_Strict):
+    """Seed 002's table (loop rate included); collapse_rate's band is ours, not the seed's."""
+
+    spectral_entropy: Band = _band(2.0, 1.5, True, "> 2.0 good, 1.5–2.0 warning, < 1.5 danger (nats)")
+    phi_proximity: Band = _band(0.85, 0.70, True, "> 0.85 good, 0.70–0.85 warning, < 0.70 danger (heuristic)")
+    dominant_ratio: Band = _band(0.4, 0.6, False, "< 0.4 good, 0.4–0.6 warning, > 0.6 danger")
+    loop_rate: Band = _band(0.10, 0.20, False, "< 10% good, 10–20% warning, > 20% danger")
+    collapse_rate: Band = _band(0.05, 0.10, False, "< 5% good, 5–10% warning, > 10% danger (our default)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StatusThresholds:
+        for name in type(self).model_fields:
+            b: Band = getattr(self, name)
+            if b.higher_is_better and b.good < b.danger:
+                raise ValueError(f"{name}: higher is better, so good ({b.good}) must be ≥ danger ({b.danger})")
+            if not b.higher_is_better and b.good > b.danger:
+                raise ValueError(f"{name}: lower is better, so good ({b.good}) must be ≤ danger ({b.danger})")
+        return self
+
+
+class RegimeThresholds(_Strict):
+    linear: float = Field(0.30, ge=0, le=1, description="Φ below this: linear regime.")
+    breakdown: float = Field(0.80, ge=0, le=1, description="Φ at or above this: breakdown regime.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RegimeThresholds:
+        if not self.linear < self.breakdown:
+            raise ValueError(f"phi: the linear threshold ({self.linear}) must be below the breakdown one ({self.breakdown})")
+        return self
+
+
+class WatchConfig(_Strict):
+    enabled: bool = Field(True, description="Run health checks during training.")
+    every: int = Field(25, ge=1, description="Steps between health checks (one no-grad forward of the probe prompts).")
+    probe_every: int | None = Field(100, ge=1, description="Steps between generation probes (loop/collapse rate); null: never.")
+    spectral_every: int | None = Field(50, ge=1, description="Steps between adapter spectral summaries; null: never.")
+    spectral_rotation: int = Field(4, ge=1, description="Layers are covered in this many rotating slices.")
+    corpus: str = Field("basins49", description="Prompt corpus the probe prompts come from.")
+    probe_prompts: int = Field(8, ge=2, description="How many prompts (spread over the corpus's categories).")
+    probe_tokens: int = Field(48, ge=4, description="New tokens per probe generation.")
+    status: StatusThresholds = Field(default_factory=StatusThresholds)
+    regimes: RegimeThresholds = Field(default_factory=RegimeThresholds)
+    dashboard: bool | None = Field(None, description="Live dashboard; null: when the output is a terminal.")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+Level = Literal["good", "warning", "danger"]
+
+
+def level_of(value: float | None, band: Band) -> Level | None:
+    """good / warning / danger for one value (None when the value is missing or not finite)."""
+    if value is None or not math.isfinite(value):
+        return None
+    if band.higher_is_better:
+        return "good" if value > band.good else ("danger" if value < band.danger else "warning")
+    return "good" if value < band.good else ("danger" if value > band.danger else "warning")
+
+
+def combine(metrics: dict[str, float | None], thresholds: StatusThresholds) -> tuple[str, dict[str, Level], list[str]]:
+    """Status, per-metric levels and the reasons (every non-good level, worst first)."""
+    levels: dict[str, Level] = {}
+    reasons: list[tuple[int, str]] = []
+    for name in type(thresholds).model_fields:
+        band: Band = getattr(thresholds, name)
+        lvl = level_of(metrics.get(name), band)
+        if lvl is None:
+            continue
+        levels[name] = lvl
+        if lvl != "good":
+            bound = band.danger if lvl == "danger" else band.good
+            op = ("<" if lvl == "danger" else "≤") if band.higher_is_better else (">" if lvl == "danger" else "≥")
+            reasons.append((0 if lvl == "danger" else 1, f"{name} {metrics[name]:.3g} {op} {bound:g} ({lvl})"))
+    dangers = sum(1 for v in levels.values() if v == "danger")
+    warnings = sum(1 for v in levels.values() if v == "warning")
+    status = "DANGER" if dangers else "WARNING" if warnings >= 2 else "DRIFTING" if warnings == 1 else "STABLE"
+    return status, levels, [text for _, text in sorted(reasons, key=lambda r: r[0])]
+
+
+def phi_of(eigenvalues: np.ndarray, n_tokens: int) -> float:
+    """Φ = 1 − H/log n, n = min(d, T − 1): 0 = evenly spread, 1 = one direction (see docs/watch.md)."""
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    total = lam.sum()
+    n = min(lam.shape[0], n_tokens - 1)
+    if total <= 0 or n < 2:
+        return float("nan")
+    p = lam[lam > 0] / total
+    entropy = float(-(p * np.log(p)).sum())
+    return float(min(1.0, max(0.0, 1.0 - entropy / math.log(n))))
+
+
+def regime_of(phi: float, thresholds: RegimeThresholds) -> str | None:
+    if not math.isfinite(phi):
+        return None
+    return "linear" if phi < thresholds.linear else ("breakdown" if phi >= thresholds.breakdown else "geometric")
+
+
+def probe_prompts(corpus: str, n: int) -> list[dict]:
+    """A fixed, spread subset of a basin corpus: every k-th prompt, so every category is represented."""
+    from slmlab.evaluate.basin_map import load_prompts
+
+    prompts = load_prompts(corpus)
+    stride = max(1, len(prompts) // n)
+    return prompts[::stride][:n]
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+@dataclass
+class HealthCheck:
+    step: int
+    status: str
+    regime: str | None
+    phi: float
+    metrics: dict[str, float | None]
+    levels: dict[str, str]
+    reasons: list[str]
+
+
+class HealthMonitor:
+    """Runs the checks on their schedule and publishes ``probe``, ``health`` and change events.
+
+    Probing never moves a random generator and puts the model back in its training mode,
+    so a run with the monitor on trains exactly as one with it off (tested).
+    """
+
+    def __init__(self, model, tokenizer, config: WatchConfig, bus, *, device=None):
+        from slmlab.evaluate.generate import format_prompt
+
+        self.model, self.tokenizer, self.config, self.bus = model, tokenizer, config, bus
+        self.device = device
+        self.prompts = [format_prompt(tokenizer, p["input"]) for p in probe_prompts(config.corpus, config.probe_prompts)]
+        self.last: HealthCheck | None = None
+        self.last_probe: dict | None = None
+        self.last_spectral: dict | None = None
+        self.seconds = 0.0  # time spent in checks (the overhead benchmark reads it)
+
+    def due(self, step: int) -> bool:
+        c = self.config
+        return c.enabled and step > 0 and (
+            step % c.every == 0
+            or (c.probe_every is not None and step % c.probe_every == 0)
+            or (c.spectral_every is not None and step % c.spectral_every == 0))
+
+    @property
+    def _thresholds_text(self) -> dict[str, str]:
+        out = {}
+        for name in type(self.config.status).model_fields:
+            b = getattr(self.config.status, name)
+            good, bad = (">", "<") if b.higher_is_better else ("<", ">")
+            out[name] = f"good {good} {b.good:g}, danger {bad} {b.danger:g}"
+        r = self.config.regimes
+        out["phi"] = f"linear < {r.linear:g} ≤ geometric < {r.breakdown:g} ≤ breakdown"
+        return out
+
+    def check(self, step: int) -> HealthCheck | None:
+        """Run whatever is due at ``step``; returns the health check when one ran."""
+        import time
+
+        if not self.due(step):
+            return None
+        t0 = time.perf_counter()
+        c = self.config
+        if c.probe_every is not None and step % c.probe_every == 0:
+            self.last_probe = self._probe(step)
+        if c.spectral_every is not None and step % c.spectral_every == 0:
+            self.last_spectral = self._adapter_spectra(step)
+        result = None
+        if step % c.every == 0:
+            result = self._health(step)
+        self.seconds += time.perf_counter() - t0
+        return result
+
+    # -- the pieces
+
+    def _model_eval(self):
+        from contextlib import contextmanager
+
+        import torch
+
+        @contextmanager
+        def ctx():
+            was = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    yield
+            finally:
+                self.model.train(was)
+
+        return ctx()
+
+    def representation(self) -> tuple[np.ndarray, int]:
+        """Eigenvalues of the final-hidden-state covariance over the probe prompts' tokens."""
+        from slmlab.watch.spectral import hidden_state_eigenvalues
+
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "right"
+        try:
+            enc = tok(self.prompts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = side
+        device = self.device or next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with self._model_eval():
+            out = self.model(**enc, output_hidden_states=True)
+        mask = enc["attention_mask"].bool()
+        return hidden_state_eigenvalues(out.hidden_states[-1], mask), int(mask.sum())
+
+    def _health(self, step: int) -> HealthCheck:
+        from slmlab.watch.spectral import spectral_metrics
+
+        eigs, n_tokens = self.representation()
+        sm = spectral_metrics(eigs, fit_alpha=False)
+        phi = phi_of(eigs, n_tokens)
+        metrics: dict[str, float | None] = {
+            "spectral_entropy": sm["entropy"], "phi_proximity": sm["phi_proximity"],
+            "dominant_ratio": sm["dominant_ratio"], "effective_rank": sm["effective_rank_sigma2"],
+            "eigengap": sm["eigengap"] if math.isfinite(sm["eigengap"]) else None, "phi": phi,
+        }
+        if self.last_probe is not None:
+            metrics["loop_rate"] = self.last_probe["loop_rate"]
+            metrics["collapse_rate"] = self.last_probe["collapse_rate"]
+        if self.last_spectral is not None:
+            metrics.update(self.last_spectral)
+        status, levels, reasons = combine(metrics, self.config.status)
+        regime = regime_of(phi, self.config.regimes)
+        check = HealthCheck(step, status, regime, phi, metrics, dict(levels), reasons)
+        self.bus.publish("health", step, status=status, reasons=reasons, metrics=metrics, levels=dict(levels),
+                         phi=phi, regime=regime, thresholds=self._thresholds_text)
+        prev = self.last
+        if prev is not None and prev.status != status:
+            self.bus.publish("status_change", step, previous=prev.status, status=status, reasons=reasons)
+        if prev is not None and prev.regime != regime:
+            self.bus.publish("regime_change", step, previous=prev.regime, regime=regime, phi=phi)
+        self.last = check
+        return check
+
+    def _probe(self, step: int) -> dict:
+        from collections import Counter
+
+        from slmlab.evaluate.basins import label
+        from slmlab.evaluate.generate import generate
+
+        with self._model_eval():
+            batch = generate(self.model, self.tokenizer, self.prompts, max_new_tokens=self.config.probe_tokens,
+                             temperature=0.0, batch_size=len(self.prompts))
+        labels = [label(g.text, tokens=g.tokens).basin.value for g in batch.generations]
+        counts = Counter(labels)
+        n = len(labels)
+        probe = {"n": n, "loop_rate": counts["SEMANTIC_LOOP"] / n, "collapse_rate": counts["TOKEN_COLLAPSE"] / n,
+                 "basins": {k: v / n for k, v in sorted(counts.items())},
+                 "sample": batch.generations[0].text[:160]}
+        self.bus.publish("probe", step, **probe)
+        return probe
+
+    def _adapter_spectra(self, step: int) -> dict | None:
+        """Mean spectral metrics of one rotating slice of the LoRA deltas (None without LoRA)."""
+        from slmlab.watch.spectral import model_spectral_report
+
+        k = self.config.spectral_rotation
+        report = [r for r in model_spectral_report(self.model, rotation=(k, (step // self.config.spectral_every) % k))
+                  if r["kind"] == "lora_delta"]
+        if not report:
+            return None
+
+        def mean(key: str) -> float | None:
+            vals = [r["metrics"][key] for r in report if math.isfinite(r["metrics"][key])]
+            return float(np.mean(vals)) if vals else None
+
+        return {"adapter_stable_rank": mean("stable_rank"), "adapter_entropy": mean("entropy_normalized"),
+                "adapter_alpha": mean("alpha")}
