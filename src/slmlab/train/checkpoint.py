@@ -47,6 +47,13 @@ def mark_healthy(path: Path) -> None:
     atomic_write_text(path / "state.json", json.dumps({**state, "healthy": True}, indent=2) + "\n")
 
 
+def discard_checkpoints_after(run_dir: Path, step: int) -> None:
+    """After a rollback to ``step``: later checkpoints belong to the abandoned branch."""
+    for path in list_checkpoints(run_dir):
+        if int(path.name.split("-")[1]) > step:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def latest_checkpoint(run_dir: Path, healthy_only: bool = False) -> Path | None:
     found = [p for p in list_checkpoints(run_dir) if not healthy_only or is_healthy(p)]
     return found[-1] if found else None

@@ -30,10 +30,16 @@ from slmlab.console import err_console
 from slmlab.errors import SlmlabError
 from slmlab.runs import record_run, write_json
 from slmlab.train.batching import EncodeStats, Encoded, collate, collate_frozen, encode_pairs, pack
-from slmlab.train.checkpoint import latest_checkpoint, load_checkpoint, mark_healthy, save_checkpoint
+from slmlab.train.checkpoint import (
+    discard_checkpoints_after,
+    latest_checkpoint,
+    load_checkpoint,
+    mark_healthy,
+    save_checkpoint,
+)
 from slmlab.train.config import TrainConfig, load_train_config
 from slmlab.train.objectives import OBJECTIVES, SupervisedLM
-from slmlab.watch.events import ACTION_KINDS, EventBus, EventsWriter, MetricsWriter
+from slmlab.watch.events import ACTION_KINDS, EventBus, EventsWriter, MetricsWriter, truncate_lines
 from slmlab.watch.health import HealthMonitor
 from slmlab.watch.recovery import HealthPolicy, Injection, SpikeDetector, cooldown_factor, perturb_lora, prune_lora
 
@@ -349,7 +355,13 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         start_step, elapsed_before = resumed_state["step"], resumed_state["elapsed"]
         st = _LoopState.from_checkpoint(resumed_state)
         if main:
-            _truncate_metrics(metrics_path, start_step)
+            lines = resumed_state.get("log_lines")
+            if lines is not None:  # exactly what had been written when the checkpoint was taken
+                truncate_lines(metrics_path, lines["metrics"])
+                truncate_lines(events_path, lines["events"])
+            else:
+                _truncate_metrics(metrics_path, start_step)
+                _trim_events(events_path, start_step, write=True)
     elif main:
         metrics_path.unlink(missing_ok=True)
         events_path.unlink(missing_ok=True)
@@ -357,21 +369,26 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
 
     # The event stream: writers, the live view, the health monitor and the recovery policy listen.
     bus = EventBus()
-    bus.counts = _trim_events(events_path, start_step, main) if resume else {}
-    bus.subscribe(MetricsWriter(metrics_path, enabled=main))
-    bus.subscribe(EventsWriter(events_path, enabled=main))
+    accelerator.wait_for_everyone()  # the main process has trimmed the logs
+    bus.counts = _count_kinds(events_path) if resume else {}
+    metrics_writer, events_writer = MetricsWriter(metrics_path, enabled=main), EventsWriter(events_path, enabled=main)
+    bus.subscribe(metrics_writer)
+    bus.subscribe(events_writer)
     view = _live_view(config, total_steps, start_step, main)
     bus.subscribe(view)
     watch = config.watch
     monitor = HealthMonitor(model, tokenizer, watch, bus, device=accelerator.device) if watch.enabled else None
+    if monitor is not None and resumed_state.get("monitor"):
+        monitor.load(resumed_state["monitor"])
     aux = _BasinAux(model, config.experimental.basin_loss) if config.experimental.basin_loss.enabled else None
     recovery = config.recovery
     policy = HealthPolicy(recovery, watch.every)
     policy.load(resumed_state.get("policy", {}))
     detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history)
+    detector.load(resumed_state.get("detector", {}))
     injections = [Injection.parse(x) for x in config.inject]
-    fired: set[Injection] = set()
-    consecutive = 0
+    fired: set[Injection] = {Injection(k, s_, v) for k, s_, v in resumed_state.get("fired", [])}
+    consecutive = resumed_state.get("consecutive", 0)
     clean_since_save = True
     # Checkpoints waiting to be confirmed healthy: damage shows one or more steps after the
     # step that did it, so a checkpoint only counts once recovery.confirm_steps clean steps follow it.
@@ -398,10 +415,19 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch) * mult
 
-    def save(candidate: bool) -> None:
-        """Checkpoint; a ``candidate`` (taken while healthy) becomes a rollback target once confirmed."""
-        healthy = candidate and recovery.confirm_steps == 0
-        state = {"step": step, "elapsed": elapsed(), "healthy": healthy, "policy": policy.state(), **st.to_checkpoint()}
+    def save(candidate: bool, confirmed: bool = False) -> None:
+        """Checkpoint; a ``candidate`` (taken while healthy) becomes a rollback target once confirmed.
+
+        Everything a resumed run needs to decide exactly as this one would is in the state:
+        the loop state, the policy's and the monitor's memory, the spike detector's window, the
+        fired injections and how many log lines existed (the checkpoint event included).
+        """
+        healthy = confirmed or (candidate and recovery.confirm_steps == 0)
+        state = {"step": step, "elapsed": elapsed(), "healthy": healthy, "policy": policy.state(),
+                 "monitor": monitor.state() if monitor is not None else None, "detector": detector.state(),
+                 "consecutive": consecutive, "fired": sorted([i.kind, i.step, i.value] for i in fired),
+                 "log_lines": {"metrics": metrics_writer.lines, "events": events_writer.lines + 1},
+                 **st.to_checkpoint()}
         accelerator.wait_for_everyone()
         if main:
             path = save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind, state=state,
@@ -421,12 +447,20 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     mark_healthy(path)
                     bus.publish("checkpoint_confirmed", step, path=str(path.relative_to(run_dir)), checkpoint_step=ckpt_step)
 
-    def rollback(position: int, reason: str) -> bool:
-        """Back to the last healthy checkpoint, past the data that led here, with the LR backed off."""
-        nonlocal step, clean_since_save
+    def rollback(position: int, reason: str, faulty: dict | None = None, before_save=None) -> bool:
+        """Back to the last healthy checkpoint, past the data that led here, with the LR backed off.
+
+        ``faulty``: the metrics of the step that fired, logged first (then marked rolled back)
+        so that the spike stays visible in metrics.jsonl and the report. The restored state is
+        saved again at once (after ``before_save``, e.g. deep sleep's pruning) and the abandoned
+        branch's checkpoints are deleted, so a kill right after a rollback resumes past the fault.
+        """
+        nonlocal step, clean_since_save, consecutive
         ckpt = latest_checkpoint(run_dir, healthy_only=True)
         if ckpt is None:
             return False
+        if faulty is not None:
+            bus.publish("step", step + 1, **faulty)
         # The checkpoint's scheduler carries its own base lrs; back off from the current ones so cuts compound.
         current_base = list(scheduler.base_lrs)
         rollbacks = st.rollbacks
@@ -444,10 +478,16 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         detector.reset()
         unconfirmed.clear()
         clean_since_save = True  # back on a confirmed-healthy state
+        consecutive = 0
         if main:
             _mark_rolled_back(metrics_path, step)
         bus.publish("rollback", step, checkpoint=ckpt.name, skipped_data_window=skipped_window,
                     lr_factor=recovery.lr_backoff ** st.rollbacks, reason=reason)
+        if before_save is not None:
+            before_save()
+        if main:
+            discard_checkpoints_after(run_dir, step)
+        save(candidate=True, confirmed=True)
         return True
 
     def pause(reason: str) -> str:
@@ -473,7 +513,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             # Replay the data seen just before the breakdown began, at a reduced LR.
             end = max(0, position + 1 - policy.breakdown_steps)
             n = rec.light_sleep.steps
-            st.replay = list(range(max(0, end - n), end)) if end > 0 else list(range(n))
+            # Only data already seen: if the breakdown began at the very start, replay what there is.
+            st.replay = list(range(max(0, end - n), end)) if end > 0 else list(range(min(n, position + 1)))
             st.replay_lr = rec.light_sleep.lr_factor
             set_lr()
             bus.publish("light_sleep", step, detector=decision.detector, replay_positions=[st.replay[0], st.replay[-1]],
@@ -482,12 +523,14 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         if a in ("rollback", "deep_sleep"):
             if st.rollbacks >= rec.max_rollbacks:
                 return pause(f"{st.rollbacks} rollbacks did not clear {decision.detector} at step {step}")
-            if not rollback(position, decision.detector):
-                return pause(f"{decision.detector} at step {step} and no healthy checkpoint to roll back to")
-            if a == "deep_sleep":
+
+            def prune() -> None:
                 pruned = prune_lora(model, rec.deep_sleep.prune_fraction) if lora else {"layers": 0}
                 bus.publish("deep_sleep", step, detector=decision.detector, prune_fraction=rec.deep_sleep.prune_fraction,
                             **pruned)
+
+            if not rollback(position, decision.detector, before_save=prune if a == "deep_sleep" else None):
+                return pause(f"{decision.detector} at step {step} and no healthy checkpoint to roll back to")
             return "rolled_back"
         if a == "mushroom":
             kick = perturb_lora(model, rec.mushroom.noise, seed=config.seed * 1_000_003 + step) if lora else {"weights": 0}
@@ -557,20 +600,23 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     status = pause(f"{st.rollbacks} rollbacks did not clear {detection.kind} at step {step + 1}")
                     break
                 if wants_rollback:
-                    if rollback(position, detection.kind):
+                    faulty = {"loss": loss, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
+                              "detected": detection.kind}
+                    if rollback(position, detection.kind, faulty):
                         consecutive = 0
                         continue
                     if "skip" not in recovery.actions:
                         status = pause(f"{detection.kind} at step {step + 1} and no healthy checkpoint to roll back to")
                         break
                 # Skip: the batch is consumed, nothing is applied.
+                lr_used = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 step += 1
                 _advance_data(st, replaying)
                 set_lr()
                 bus.publish("skip", step, detector=detection.kind)
                 losses.append(loss)
-                bus.publish("step", step, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], skipped=True)
+                bus.publish("step", step, loss=loss, grad_norm=grad_norm, lr=lr_used, skipped=True)
                 if step == total_steps:
                     save(candidate=False)
                 continue
@@ -579,18 +625,17 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             if "lr_spike" in faults:
                 for group in optimizer.param_groups:
                     group["lr"] *= faults["lr_spike"]
+            lr_used = optimizer.param_groups[0]["lr"]  # logged: the rate this step was taken with
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             _advance_data(st, replaying)
             set_lr()
-            if main and _is_healthy(monitor, recovery):
-                confirm_checkpoints()
             st.tokens_seen += step_tokens * world
             dt = time.perf_counter() - t_step
             losses.append(loss)
-            metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+            metrics = {"loss": loss, "lr": lr_used, "grad_norm": grad_norm,
                        "tokens": st.tokens_seen, "tokens_per_s": step_tokens * world / dt if dt else None,
                        "elapsed": elapsed()}
             if aux is not None:
@@ -617,6 +662,9 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     if outcome is not None:
                         status = outcome
                         break
+            # After this step's health check: damage it reveals must not confirm the checkpoint before it.
+            if main and _is_healthy(monitor, recovery):
+                confirm_checkpoints()
             # Every process must agree, or one would stop (and wait in save) while another trains on.
             out_of_time = budget is not None and _reduce_sum(accelerator, float(metrics["elapsed"] >= budget)) > 0
             if (config.save_every and step % config.save_every == 0) or out_of_time or step == total_steps:
@@ -795,8 +843,17 @@ def _watch_summary(monitor) -> dict:
             "last_loop_rate": monitor.last_probe["loop_rate"] if monitor.last_probe else None}
 
 
+def _count_kinds(path: Path) -> dict[str, int]:
+    from slmlab.watch.events import read_jsonl
+
+    counts: dict[str, int] = {}
+    for e in read_jsonl(path):
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    return counts
+
+
 def _trim_events(path: Path, step: int, write: bool) -> dict[str, int]:
-    """On resume, forget events after the checkpoint (they will happen again); return the counts of the rest."""
+    """Resume from a checkpoint without line counts (older runs): forget events after its step."""
     import json
 
     from slmlab.watch.events import read_jsonl

@@ -101,25 +101,41 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-class MetricsWriter:
-    """``step`` events → ``metrics.jsonl`` (one line per logged step: ``{"step": …, **data}``)."""
+def count_lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
 
+
+def truncate_lines(path: Path, n: int) -> None:
+    """Keep the first ``n`` lines (a checkpoint records how many there were when it was taken)."""
+    from slmlab.data.formats import atomic_write_text
+
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        atomic_write_text(path, "".join(line + "\n" for line in lines[:n]))
+
+
+class _LineWriter:
     def __init__(self, path: Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
+        self.lines = count_lines(path) if enabled else 0
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1
+
+
+class MetricsWriter(_LineWriter):
+    """``step`` events → ``metrics.jsonl`` (one line per logged step: ``{"step": …, **data}``)."""
 
     def on_event(self, event: Event) -> None:
         if self.enabled and event.kind == "step":
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": event.step, **_json_safe(event.data)}) + "\n")
+            self._write({"step": event.step, **_json_safe(event.data)})
 
 
-class EventsWriter:
+class EventsWriter(_LineWriter):
     """Every event but ``step`` → ``events.jsonl``, one JSON object per line."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
 
     def on_event(self, event: Event) -> None:
         if self.enabled and event.kind != "step":
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(event.to_json()) + "\n")
+            self._write(event.to_json())

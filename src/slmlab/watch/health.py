@@ -191,6 +191,17 @@ class HealthMonitor:
         self.last_spectral: dict | None = None
         self.seconds = 0.0  # time spent in checks (the overhead benchmark reads it)
 
+    def state(self) -> dict:
+        """What later checks depend on (saved in checkpoints so a resumed run decides the same)."""
+        from dataclasses import asdict
+
+        return {"last": asdict(self.last) if self.last else None, "last_probe": self.last_probe,
+                "last_spectral": self.last_spectral}
+
+    def load(self, state: dict) -> None:
+        self.last = HealthCheck(**state["last"]) if state.get("last") else None
+        self.last_probe, self.last_spectral = state.get("last_probe"), state.get("last_spectral")
+
     def due(self, step: int) -> bool:
         c = self.config
         return c.enabled and step > 0 and (

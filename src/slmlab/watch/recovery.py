@@ -181,6 +181,12 @@ class SpikeDetector:
         self.losses.clear()
         self.grads.clear()
 
+    def state(self) -> dict:
+        return {"losses": list(self.losses), "grads": list(self.grads)}
+
+    def load(self, state: dict) -> None:
+        self.losses, self.grads = deque(state.get("losses", [])), deque(state.get("grads", []))
+
 
 # --------------------------------------------------------------------------- health-driven policy
 
@@ -196,6 +202,7 @@ class Decision:
 class HealthPolicy:
     """Turns health checks into decisions: sustained DANGER → cooldown (then rollback);
     breakdown → the ladder by consecutive breakdown steps (each rung once per streak), then pause.
+    Both streaks advance on every check; when both fire at once the breakdown rung wins.
 
     ``every`` is the number of steps between health checks: one breakdown check stands for
     ``every`` breakdown steps.
@@ -224,27 +231,35 @@ class HealthPolicy:
         c = self.config
         if not c.enabled:
             return None
-        if "breakdown" in c.detectors:
-            if check.regime == "breakdown":
-                self.breakdown_steps += self.every
-                rung = self.rung_for(self.breakdown_steps)
-                evidence = {"phi": check.phi, "regime": check.regime, "consecutive_breakdown_steps": self.breakdown_steps,
-                            "rung": rung}
-                if rung in self.rungs_done:
-                    return None
-                self.rungs_done.add(rung)
-                allowed = rung == "pause" or rung in c.actions
-                return Decision("breakdown", rung if allowed else None, evidence)
+        decision = self._breakdown(check) if "breakdown" in c.detectors else None
+        danger = self._danger(check, cooling) if "danger" in c.detectors else None  # streaks count on every check
+        return decision or danger
+
+    def _breakdown(self, check) -> Decision | None:
+        c = self.config
+        if check.regime != "breakdown":
             self.breakdown_steps, self.rungs_done = 0, set()
-        if "danger" in c.detectors:
-            self.danger_streak = self.danger_streak + 1 if check.status == "DANGER" else 0
-            if self.danger_streak >= c.danger_checks:
-                evidence = {"status": check.status, "reasons": check.reasons, "consecutive_checks": self.danger_streak}
-                self.danger_streak = 0
-                if "cooldown" in c.actions and not cooling:
-                    return Decision("danger", "cooldown", evidence)
-                return Decision("danger", "rollback" if "rollback" in c.actions else None, evidence)
-        return None
+            return None
+        self.breakdown_steps += self.every
+        rung = self.rung_for(self.breakdown_steps)
+        evidence = {"phi": check.phi, "regime": check.regime, "consecutive_breakdown_steps": self.breakdown_steps,
+                    "rung": rung}
+        if rung in self.rungs_done:
+            return None
+        self.rungs_done.add(rung)
+        allowed = rung == "pause" or rung in c.actions
+        return Decision("breakdown", rung if allowed else None, evidence)
+
+    def _danger(self, check, cooling: bool) -> Decision | None:
+        c = self.config
+        self.danger_streak = self.danger_streak + 1 if check.status == "DANGER" else 0
+        if self.danger_streak < c.danger_checks:
+            return None
+        evidence = {"status": check.status, "reasons": check.reasons, "consecutive_checks": self.danger_streak}
+        self.danger_streak = 0
+        if "cooldown" in c.actions and not cooling:
+            return Decision("danger", "cooldown", evidence)
+        return Decision("danger", "rollback" if "rollback" in c.actions else None, evidence)
 
     def state(self) -> dict:
         return {"danger_streak": self.danger_streak, "breakdown_steps": self.breakdown_steps,
@@ -292,11 +307,12 @@ def prune_lora(model, fraction: float) -> dict:
     with torch.no_grad():
         for _, A, B in _lora_pairs(model):
             r = A.shape[0]
-            keep = max(1, int(round(r * (1 - fraction))))
             A64, B64 = A.double(), B.double()
             qb, rb = torch.linalg.qr(B64)
             qa, ra = torch.linalg.qr(A64.T)
             u, s, vh = torch.linalg.svd(rb @ ra.T)
+            # The delta has at most min(d_out, d_in, r) directions: r can exceed a narrow layer's width.
+            keep = max(1, min(len(s), int(round(r * (1 - fraction)))))
             total = float((s**2).sum())
             if total == 0:
                 continue
