@@ -680,6 +680,11 @@ def test_curriculum_with_an_unknown_category_fails_before_the_model_loads(tmp_pa
     msg = str(exc.value)
     assert isinstance(exc.value, SlmlabError)
     assert "'wide'" in msg and "'C'" in msg and "Available: A, B" in msg
+    # Nothing was claimed: with the mix fixed, the same name trains (no "already holds a run").
+    assert not (tmp_path / "runs" / "badcur" / "config.yaml").exists()
+    monkeypatch.undo()
+    phases[1]["mix"] = {"A": 1, "B": 1}
+    assert run_(_config(tmp_path, path, name="badcur", curriculum=phases, max_steps=2)).status == "completed"
 
 
 # --------------------------------------------------------------------------- 8f. experimental basin loss
@@ -859,3 +864,53 @@ def test_cli_watch_and_report(tmp_path, data_file, monkeypatch, capsys):
     assert res.exit_code == 0 and "report.html" in res.output
     html = (r.run_dir / "report.html").read_text(encoding="utf-8")
     assert "<html" in html.lower() and "cli" in html
+
+
+# --------------------------------------------------------------------------- integration: the real model
+
+
+@pytest.mark.integration
+def test_health_check_and_probe_on_smollm2(smollm):
+    """The untrained SmolLM2-135M-Instruct reads healthy under the seed's thresholds (the defaults
+    were chosen for the final normed layer because inner layers would read 'collapse')."""
+    from slmlab.watch.events import EventBus
+    from slmlab.watch.health import HealthMonitor, WatchConfig
+
+    model, tok = smollm
+    seen = []
+    bus = EventBus([seen.append])
+    monitor = HealthMonitor(model, tok, WatchConfig(every=1, probe_every=1, spectral_every=None, probe_prompts=4,
+                                                    probe_tokens=24), bus)
+    check = monitor.check(1)
+    assert check is not None and check.regime == "geometric" and 0.30 <= check.phi < 0.80
+    assert check.metrics["spectral_entropy"] > 2.0 and check.metrics["dominant_ratio"] < 0.4
+    assert check.levels["spectral_entropy"] == "good" and check.levels["dominant_ratio"] == "good"
+    probe = next(e for e in seen if e.kind == "probe")
+    assert probe.data["n"] == 4 and 0 <= probe.data["loop_rate"] <= 1 and len(probe.data["sample"]) > 0
+    was = model.training
+    model.train()
+    try:
+        monitor.check(1)
+        assert model.training is True  # the check ran in eval mode and put training mode back
+    finally:
+        model.train(was)
+
+
+def test_the_shipped_recovery_demo_tells_its_story(tmp_path):
+    """examples/configs/recovery-demo.yaml: LR spike at 20 → loss spike at 21 → rollback past the
+    unconfirmed step-20 checkpoint to step 15, data window skipped, LR halved → a healthy finish."""
+    cfg_path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "recovery-demo.yaml"
+    r = run_(load_train_config(cfg_path, [f"output_dir={tmp_path}", "watch.dashboard=false"]))
+    assert r.status == "completed" and r.steps == 40
+    story = _story(r.run_dir)
+    assert [(e["kind"], e["step"]) for e in story] == [("detection", 21), ("rollback", 15)]
+    det, rb = story
+    assert det["detector"] == "loss_spike" and det["z"] > 6 and det["value"] > 10 * det["window_mean"]
+    assert rb["checkpoint"] == "step-15" and rb["skipped_data_window"] == [15, 20] and rb["lr_factor"] == 0.5
+    lines = _metrics(r.run_dir)
+    spike = [m for m in lines if m.get("detected")]
+    assert len(spike) == 1 and spike[0]["rolled_back"] and spike[0]["loss"] == det["value"]
+    assert [m["step"] for m in lines if not m.get("rolled_back")] == list(range(1, 41))
+    final = [m["loss"] for m in lines if not m.get("rolled_back")][-5:]
+    assert all(math.isfinite(x) and x < 6 for x in final)  # back below where it was before the spike
+    assert (r.run_dir / "report.html").exists()

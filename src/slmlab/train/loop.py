@@ -295,7 +295,6 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     accelerator.wait_for_everyone()  # every process has checked before the main one writes
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", config_yaml)
 
     # Data first: a bad dataset must fail before a model is loaded. The main process
     # generates first; the others regenerate the same bytes (generation is deterministic).
@@ -331,6 +330,10 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     # As in transformers: max_steps, when given, overrides epochs (the data cycles).
     total_steps = config.max_steps or math.ceil(config.epochs * plan.steps_per_epoch)
     plan = _make_plan(0)
+    # Only now is it a run: a data or curriculum error above leaves no config.yaml, so the same
+    # command works again once the input is fixed.
+    if accelerator.is_main_process and not resume:
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
