@@ -30,6 +30,7 @@ from slmlab.watch.health import (
     combine,
     level_of,
     phi_of,
+    probe_prompts,
     regime_of,
 )
 from slmlab.watch.recovery import (
@@ -303,32 +304,34 @@ def test_rung_for_matches_the_seed_ladder():
 def test_ladder_fires_each_rung_once_per_streak():
     p = _ladder_policy()
     fired = {}
-    for i in range(1, 19):  # 18 breakdown checks of 10 steps each
+    # 18 breakdown checks 10 steps apart: the first counts 1 step (when the breakdown began is unknown),
+    # each further one 10 more.
+    for i in range(1, 19):
         d = p.decide(_check(regime="breakdown", phi=0.9), cooling=False)
         if d is not None:
-            assert d.detector == "breakdown" and d.evidence["consecutive_breakdown_steps"] == 10 * i
+            assert d.detector == "breakdown" and d.evidence["consecutive_breakdown_steps"] == 1 + 10 * (i - 1)
             assert d.evidence["rung"] == d.action and d.evidence["phi"] == 0.9
-            fired[10 * i] = d.action
-    assert fired == {10: "cooldown", 20: "light_sleep", 50: "deep_sleep", 110: "mushroom", 160: "pause"}
-    assert p.breakdown_steps == 180
+            fired[1 + 10 * (i - 1)] = d.action
+    assert fired == {1: "cooldown", 21: "light_sleep", 51: "deep_sleep", 101: "mushroom", 151: "pause"}
+    assert p.breakdown_steps == 171
 
 
 def test_a_non_breakdown_check_resets_the_streak():
     p = _ladder_policy()
     seq = [p.decide(_check(regime="breakdown"), cooling=False) for _ in range(3)]
-    assert [d and d.action for d in seq] == ["cooldown", "light_sleep", None]
+    assert [d and d.action for d in seq] == ["cooldown", None, "light_sleep"]  # at 1, 11, 21 steps
     assert p.decide(_check(regime="geometric"), cooling=False) is None
     assert p.breakdown_steps == 0 and p.rungs_done == set()
     again = p.decide(_check(regime="breakdown"), cooling=False)
-    assert again.action == "cooldown" and again.evidence["consecutive_breakdown_steps"] == 10
+    assert again.action == "cooldown" and again.evidence["consecutive_breakdown_steps"] == 1
 
 
 def test_a_rung_that_is_not_allowed_is_detected_without_action_but_pause_always_acts():
     p = _ladder_policy(actions=["cooldown"], every=50)
     got = [p.decide(_check(regime="breakdown"), cooling=False) for _ in range(4)]
-    # 50 deep_sleep, 100 deep_sleep (done), 150 mushroom, 200 pause
+    # 1 cooldown, 51 deep_sleep (not allowed), 101 mushroom (not allowed), 151 pause (always allowed)
     assert [(d.evidence["rung"], d.action) if d else None for d in got] == [
-        ("deep_sleep", None), None, ("mushroom", None), ("pause", "pause")]
+        ("cooldown", "cooldown"), ("deep_sleep", None), ("mushroom", None), ("pause", "pause")]
 
 
 def test_policy_does_nothing_when_recovery_is_disabled():
@@ -363,8 +366,8 @@ def test_policy_state_round_trips():
         p.decide(_check(regime="breakdown"), cooling=False)
     q = _ladder_policy()
     q.load(json.loads(json.dumps(p.state())))
-    assert (q.breakdown_steps, q.rungs_done, q.danger_streak) == (30, {"cooldown", "light_sleep"}, 0)
-    assert q.decide(_check(regime="breakdown"), cooling=False) is None  # 40: light sleep already done
+    assert (q.breakdown_steps, q.rungs_done, q.danger_streak) == (21, {"cooldown", "light_sleep"}, 0)
+    assert q.decide(_check(regime="breakdown"), cooling=False) is None  # 31: light sleep already done
 
 
 # --------------------------------------------------------------------------- 6. cooldown factor
@@ -533,7 +536,7 @@ def test_sustained_danger_cools_the_learning_rate(tmp_path, data_file):
 def test_breakdown_walks_the_whole_ladder_then_pauses(tmp_path, data_file):
     rec = {"enabled": True, "detectors": ["breakdown"],
            "actions": ["cooldown", "light_sleep", "deep_sleep", "mushroom", "rollback"],
-           "ladder": {"light_sleep": 4, "deep_sleep": 6, "mushroom": 8, "pause": 10},
+           "ladder": {"light_sleep": 3, "deep_sleep": 5, "mushroom": 6, "pause": 8},
            "light_sleep": {"steps": 2, "lr_factor": 0.3}, "cooldown": {"factor": 0.5, "steps": 20},
            "confirm_steps": 0}
     # save_every 1 and confirm_steps 0: the step-1 checkpoint predates the first check, so it is the one
@@ -542,21 +545,21 @@ def test_breakdown_walks_the_whole_ladder_then_pauses(tmp_path, data_file):
                      recovery=rec))
     story = _story(r.run_dir)
     actions = [(e["kind"], e["step"]) for e in story if e["kind"] != "detection"]
-    # checks at 2 (2 steps: cooldown), 4 (4: light sleep), 6 (6: deep sleep → back to step 1),
-    # then 2 (8: deep sleep again, already done), 4 (10 > 8: mushroom), 6 (12 > 10: pause)
-    assert actions == [("cooldown", 2), ("light_sleep", 4), ("rollback", 1), ("deep_sleep", 1), ("mushroom", 4),
-                       ("pause", 6)]
+    # checks every 2 steps; the streak counts 1, 3, 5, ...: at step 2 (1: cooldown), 4 (3: light sleep),
+    # 6 (5: deep sleep → back to step 1), then 2 (7 > 6: mushroom), 4 (9 > 8: pause)
+    assert actions == [("cooldown", 2), ("light_sleep", 4), ("rollback", 1), ("deep_sleep", 1), ("mushroom", 2),
+                       ("pause", 4)]
     detections = [e for e in story if e["kind"] == "detection"]
     assert [(e["rung"], e["consecutive_breakdown_steps"]) for e in detections] == [
-        ("cooldown", 2), ("light_sleep", 4), ("deep_sleep", 6), ("mushroom", 10), ("pause", 12)]
+        ("cooldown", 1), ("light_sleep", 3), ("deep_sleep", 5), ("mushroom", 7), ("pause", 9)]
     assert all(e["detector"] == "breakdown" and e["regime"] == "breakdown" for e in detections)
 
     by_kind = {e["kind"]: e for e in story}
     light = by_kind["light_sleep"]
-    assert light["steps"] == 2 and light["lr_factor"] == 0.3
-    assert all(0 <= p < light["step"] for p in light["replay_positions"])  # earlier data, already seen
+    # The breakdown began 3 steps before step 4 (at data position 1): only position 0 predates it.
+    assert light["steps"] == 1 and light["lr_factor"] == 0.3 and light["replay_positions"] == [0, 0]
     replayed = [m["step"] for m in _metrics(r.run_dir) if m.get("replay")]
-    assert replayed == [5, 6]
+    assert replayed == [5]
     assert by_kind["rollback"]["checkpoint"] == "step-1" and by_kind["rollback"]["reason"] == "breakdown"
     deep = by_kind["deep_sleep"]
     assert deep["layers"] > 0 and 0 < deep["energy_removed"] < 1 and deep["prune_fraction"] == 0.25
@@ -574,7 +577,7 @@ def test_breakdown_walks_the_whole_ladder_then_pauses(tmp_path, data_file):
 
 def test_light_sleep_replays_only_data_already_seen(tmp_path, data_file):
     rec = {"enabled": True, "detectors": ["breakdown"], "actions": ["light_sleep"],
-           "ladder": {"light_sleep": 2, "deep_sleep": 50, "mushroom": 100, "pause": 150}, "light_sleep": {"steps": 10}}
+           "ladder": {"light_sleep": 1, "deep_sleep": 50, "mushroom": 100, "pause": 150}, "light_sleep": {"steps": 10}}
     r = run_(_config(tmp_path, data_file, name="early-sleep", max_steps=3, watch=FORCE_BREAKDOWN, recovery=rec))
     (light,) = [e for e in _story(r.run_dir) if e["kind"] == "light_sleep"]
     assert light["step"] == 2
@@ -914,3 +917,115 @@ def test_the_shipped_recovery_demo_tells_its_story(tmp_path):
     final = [m["loss"] for m in lines if not m.get("rolled_back")][-5:]
     assert all(math.isfinite(x) and x < 6 for x in final)  # back below where it was before the spike
     assert (r.run_dir / "report.html").exists()
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def _kill_at(n):
+    def f(step, metrics):
+        if step == n:
+            raise Killed()
+    return f
+
+
+def _whole_story(run_dir):
+    return [(e["kind"], e["step"]) for e in _all_events(run_dir) if e["kind"] not in ("health", "probe")]
+
+
+def test_resume_keeps_checkpoints_awaiting_confirmation(tmp_path, data_file):
+    """Killed after step-4 was saved but before step 5 confirmed it: the resumed run confirms it and
+    rolls back to it, as the uninterrupted run does — with the identical event story."""
+    from slmlab.train.loop import resume_run
+
+    straight = run_(_config(tmp_path, data_file, name="straight", **ROLLBACK_AT_7))
+    with pytest.raises(Killed):
+        run_(_config(tmp_path, data_file, name="killed", **ROLLBACK_AT_7), on_step=_kill_at(4))
+    resumed = resume_run(tmp_path / "runs" / "killed")
+    rb = [(e["step"], e["checkpoint"]) for e in _all_events(straight.run_dir) if e["kind"] == "rollback"]
+    assert rb == [(4, "step-4")]
+    assert _whole_story(resumed.run_dir) == _whole_story(straight.run_dir)
+    assert resumed.losses[-3:] == straight.losses[-3:]
+
+
+def test_resume_does_not_repeat_the_curriculum_phase_event(tmp_path):
+    from slmlab.train.loop import resume_run
+
+    path = tmp_path / "ab.jsonl"
+    write_jsonl(path, _records(40, categories=("A", "B")))
+    phases = [{"name": "a", "span": 0.5, "mix": {"A": 1}}, {"name": "b", "span": 0.5, "mix": {"A": 1, "B": 1}}]
+    kw = dict(max_steps=6, save_every=2, curriculum=phases)
+    straight = run_(_config(tmp_path, path, name="s", **kw))
+    with pytest.raises(Killed):
+        run_(_config(tmp_path, path, name="k", **kw), on_step=_kill_at(4))
+    resumed = resume_run(tmp_path / "runs" / "k")
+    phase = lambda d: [(e["step"], e["name"]) for e in _all_events(d) if e["kind"] == "phase"]  # noqa: E731
+    assert phase(resumed.run_dir) == phase(straight.run_dir) == [(0, "a"), (3, "b")]
+    assert resumed.losses[-2:] == straight.losses[-2:]
+
+
+def test_a_fired_nan_injection_stays_fired_after_a_json_round_trip():
+    from slmlab.watch.recovery import Injection
+
+    inj = Injection.parse("nan@3")
+    again = Injection(*json.loads(json.dumps([inj.kind, inj.step, inj.value])))
+    assert again == inj and again in {inj}
+
+
+def test_a_disabled_spike_detector_does_not_hide_an_enabled_one():
+    from slmlab.watch.recovery import SpikeDetector
+
+    d = SpikeDetector(window=32, z=6, min_history=4)
+    for i in range(8):
+        d.accept(1.0 + 0.01 * (i % 2), 1.0 + 0.01 * (i % 2))
+    assert d.check(50.0, 50.0).kind == "loss_spike"
+    got = d.check(50.0, 50.0, kinds=["grad_spike"])
+    assert got is not None and got.kind == "grad_spike"
+    assert d.check(50.0, 1.0, kinds=["grad_spike"]) is None
+
+
+def test_a_fault_with_neither_skip_nor_rollback_allowed_pauses(tmp_path, data_file):
+    r = run_(_config(tmp_path, data_file, name="nocure", inject=["nan@3"],
+                     recovery={"enabled": True, "actions": ["cooldown"]}))
+    assert r.status.startswith("paused") and "neither skip nor rollback" in r.status and r.steps == 2
+    assert [e["kind"] for e in _story(r.run_dir)] == ["detection", "pause"]
+
+
+def test_the_monitor_works_with_a_tokenizer_without_pad_token_and_leaves_it_so(tiny):
+    from slmlab.watch.events import EventBus
+    from slmlab.watch.health import HealthMonitor, WatchConfig
+
+    model, tok = tiny
+    old = tok.pad_token
+    tok.pad_token = None
+    try:
+        m = HealthMonitor(model, tok, WatchConfig(every=1, probe_every=1, spectral_every=None, probe_prompts=3,
+                                                  probe_tokens=4), EventBus())
+        check = m.check(1)
+        assert check is not None and math.isfinite(check.phi) and m.last_probe["n"] == 3
+        assert tok.pad_token is None
+    finally:
+        tok.pad_token = old
+
+
+def test_probe_prompts_cover_every_category_even_when_many_are_asked():
+    from slmlab.evaluate.basin_map import load_prompts
+
+    all_cats = {p["category"] for p in load_prompts("basins49")}
+    for n in (8, 30, 40, 49, 100):
+        got = probe_prompts("basins49", n)
+        assert len(got) == min(n, 49) and len({p["id"] for p in got}) == len(got)
+        if n >= len(all_cats):
+            assert {p["category"] for p in got} == all_cats, n
+
+
+def test_a_kill_while_overwriting_a_checkpoint_keeps_the_previous_copy(tmp_path):
+    from slmlab.train.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    (root / ".step-4.old").mkdir(parents=True)
+    (root / ".step-4.old" / "state.json").write_text('{"step": 4, "healthy": true}')
+    (root / "step-2").mkdir()
+    (root / "step-2" / "state.json").write_text('{"step": 2, "healthy": true}')
+    assert latest_checkpoint(tmp_path).name == "step-4"
+    assert (root / "step-4" / "state.json").is_file() and not (root / ".step-4.old").exists()

@@ -29,6 +29,10 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     d = checkpoints_dir(run_dir)
     if not d.is_dir():
         return []
+    for old in d.glob(".step-*.old"):  # a kill mid-overwrite: the previous copy is the checkpoint
+        final = d / old.name[1:-4]
+        if not final.exists() and (old / "state.json").is_file():
+            old.rename(final)
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
     return [p for _, p in sorted(found)]
 
@@ -95,8 +99,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, ad
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
     atomic_write_text(tmp / "state.json", json.dumps({**state, "adapter": adapter}, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
+    # Overwriting (a rollback re-saves its target): move the old one aside first, so a kill at any
+    # moment leaves a complete step-N or its .old copy, never neither.
+    old = root / f".step-{step}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
     tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     found = list_checkpoints(run_dir)
     healthy = [p for p in found if is_healthy(p)]
     wanted = set(found[-keep:]) | (set(healthy[-keep_healthy:]) if keep_healthy else set())

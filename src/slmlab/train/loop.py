@@ -395,7 +395,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     clean_since_save = True
     # Checkpoints waiting to be confirmed healthy: damage shows one or more steps after the
     # step that did it, so a checkpoint only counts once recovery.confirm_steps clean steps follow it.
-    unconfirmed: list[tuple[int, Path]] = []
+    unconfirmed: list[tuple[int, Path]] = [
+        (s_, run_dir / "checkpoints" / f"step-{s_}") for s_ in resumed_state.get("unconfirmed", [])]
     if config.trackers:
         accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
 
@@ -407,7 +408,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     losses: list[float] = []
     status = "completed"
     step = start_step
-    phase_index = -1
+    phase_index = resumed_state.get("phase_index", -1)
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t0
@@ -430,7 +431,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                  "monitor": monitor.state() if monitor is not None else None, "detector": detector.state(),
                  "consecutive": consecutive, "fired": sorted([i.kind, i.step, i.value] for i in fired),
                  "log_lines": {"metrics": metrics_writer.lines, "events": events_writer.lines + 1},
-                 **st.to_checkpoint()}
+                 "unconfirmed": [s_ for s_, _ in unconfirmed] + ([step] if candidate and not healthy else []),
+                 "phase_index": phase_index, **st.to_checkpoint()}
         accelerator.wait_for_everyone()
         if main:
             path = save_checkpoint(run_dir, step, model, optimizer, scheduler, adapter=config.adapter.kind, state=state,
@@ -459,7 +461,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         branch's checkpoints are deleted, so a kill right after a rollback resumes past the fault.
         """
         nonlocal step, clean_since_save, consecutive
-        ckpt = latest_checkpoint(run_dir, healthy_only=True)
+        # The main process picks (it wrote the files); every process must load the same one.
+        ckpt = _broadcast_path(accelerator, latest_checkpoint(run_dir, healthy_only=True) if main else None)
         if ckpt is None:
             return False
         if faulty is not None:
@@ -549,6 +552,8 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             # sleep is replaying earlier data.
             replaying = bool(st.replay)
             position = st.replay[0] if replaying else step + st.data_offset
+            # The last fresh (not replayed) data position consumed: what a rollback must skip past.
+            fresh = step + st.data_offset - 1 if replaying else position
             if curriculum is not None:
                 k, ph = plan.phase_at(position)
                 if k != phase_index:
@@ -584,9 +589,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
             grad_norm = None
             if config.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-            detection = detector.check(loss, grad_norm)
-            if detection is not None and detection.kind not in recovery.detectors and detection.kind != "nonfinite":
-                detection = None  # that detector is switched off
+            detection = detector.check(loss, grad_norm, kinds=recovery.detectors)
             if detection is not None and detection.kind == "nonfinite" and not (
                     recovery.enabled and "nonfinite" in recovery.detectors):
                 ids = sorted(e.index for mb in micro for u in mb for e in u)
@@ -599,13 +602,16 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                 optimizer.zero_grad(set_to_none=True)
                 wants_rollback = "rollback" in recovery.actions and (
                     consecutive >= recovery.rollback_after or "skip" not in recovery.actions)
+                if "skip" not in recovery.actions and "rollback" not in recovery.actions:
+                    status = pause(f"{detection.kind} at step {step + 1}; neither skip nor rollback is an allowed action")
+                    break
                 if wants_rollback and st.rollbacks >= recovery.max_rollbacks:
                     status = pause(f"{st.rollbacks} rollbacks did not clear {detection.kind} at step {step + 1}")
                     break
                 if wants_rollback:
                     faulty = {"loss": loss, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
                               "detected": detection.kind}
-                    if rollback(position, detection.kind, faulty):
+                    if rollback(fresh, detection.kind, faulty):
                         consecutive = 0
                         continue
                     if "skip" not in recovery.actions:
@@ -659,7 +665,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                     clean_since_save = False
                     unconfirmed.clear()
                     bus.publish("detection", step, detector=decision.detector, action=decision.action, **decision.evidence)
-                    outcome = act(decision, position)
+                    outcome = act(decision, fresh)
                     if outcome == "rolled_back":
                         continue
                     if outcome is not None:
@@ -685,7 +691,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         _save_final(run_dir, model, tokenizer, config)
         summary = {
             "run": {"name": config.name, "model": config.model, "status": status, "steps": step, "total_steps": total_steps},
-            "train": {"final_loss": losses[-1] if losses else None, "eval_loss": eval_loss, "tokens_seen": st.tokens_seen,
+            "train": {"final_loss": _finite(losses[-1]) if losses else None, "eval_loss": eval_loss, "tokens_seen": st.tokens_seen,
                       "examples": len(train), "elapsed_s": elapsed(),
                       "truncated_prompts": enc_stats.prompt_truncated, "truncated_completions": enc_stats.completion_truncated,
                       "dropped_examples": enc_stats.dropped},
@@ -733,6 +739,17 @@ def _check_trackers(trackers: list[str]) -> None:
     missing = [t for t in trackers if importlib.util.find_spec(TRACKERS[t]) is None]
     if missing:
         raise TrainingError(f"tracker(s) not installed: {', '.join(missing)}. Install with: pip install {' '.join(missing)}")
+
+
+def _broadcast_path(accelerator, path: Path | None) -> Path | None:
+    """The main process's value on every process."""
+    if accelerator.num_processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    box = [str(path) if path is not None else None]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0]) if box[0] is not None else None
 
 
 def _reduce_sum(accelerator, value: float) -> float:
@@ -818,6 +835,10 @@ class _LoopState:
                           rollbacks=state.get("rollbacks", 0), reshuffles=state.get("reshuffles", 0),
                           cooldown=state.get("cooldown"), replay=list(state.get("replay", [])),
                           replay_lr=state.get("replay_lr", 1.0))
+
+
+def _finite(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
 
 
 def _advance_data(st: _LoopState, replaying: bool) -> None:

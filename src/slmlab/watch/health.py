@@ -88,7 +88,7 @@ class WatchConfig(_Strict):
     enabled: bool = Field(True, description="Run health checks during training.")
     every: int = Field(25, ge=1, description="Steps between health checks (one no-grad forward of the probe prompts).")
     probe_every: int | None = Field(100, ge=1, description="Steps between generation probes (loop/collapse rate); null: never.")
-    spectral_every: int | None = Field(50, ge=1, description="Steps between adapter spectral summaries; null: never.")
+    spectral_every: int | None = Field(100, ge=1, description="Steps between adapter spectral summaries; null: never.")
     spectral_rotation: int = Field(4, ge=1, description="Layers are covered in this many rotating slices.")
     corpus: str = Field("basins49", description="Prompt corpus the probe prompts come from.")
     probe_prompts: int = Field(8, ge=2, description="How many prompts (spread over the corpus's categories).")
@@ -151,15 +151,36 @@ def regime_of(phi: float, thresholds: RegimeThresholds) -> str | None:
 
 
 def probe_prompts(corpus: str, n: int) -> list[dict]:
-    """A fixed, spread subset of a basin corpus: every k-th prompt, so every category is represented."""
+    """A fixed subset of a basin corpus, evenly spaced over it, so every category is represented."""
     from slmlab.evaluate.basin_map import load_prompts
 
     prompts = load_prompts(corpus)
-    stride = max(1, len(prompts) // n)
-    return prompts[::stride][:n]
+    n = min(n, len(prompts))
+    return [prompts[(i * len(prompts)) // n] for i in range(n)]
 
 
 # --------------------------------------------------------------------------- the monitor
+
+
+def _padding(tok, side: str):
+    """Pad on ``side``; a tokenizer without a pad token pads with EOS, as the trainer does — only
+    for the duration (the tokenizer is saved with the run and must not change)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx():
+        old_side, old_pad = tok.padding_side, tok.pad_token
+        tok.padding_side = side
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        try:
+            yield
+        finally:
+            tok.padding_side = old_side
+            if old_pad is None:
+                tok.pad_token = None
+
+    return ctx()
 
 
 @dataclass
@@ -262,12 +283,8 @@ class HealthMonitor:
         from slmlab.watch.spectral import hidden_state_eigenvalues
 
         tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "right"
-        try:
+        with _padding(tok, "right"):
             enc = tok(self.prompts, return_tensors="pt", padding=True)
-        finally:
-            tok.padding_side = side
         device = self.device or next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
         with self._model_eval():
@@ -310,7 +327,7 @@ class HealthMonitor:
         from slmlab.evaluate.basins import label
         from slmlab.evaluate.generate import generate
 
-        with self._model_eval():
+        with self._model_eval(), _padding(self.tokenizer, self.tokenizer.padding_side):
             batch = generate(self.model, self.tokenizer, self.prompts, max_new_tokens=self.config.probe_tokens,
                              temperature=0.0, batch_size=len(self.prompts))
         labels = [label(g.text, tokens=g.tokens).basin.value for g in batch.generations]

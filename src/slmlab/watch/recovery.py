@@ -127,7 +127,8 @@ class Injection:
         kind, step, value = m.group(1), int(m.group(2)), m.group(3)
         if kind != "nan" and value is None:
             raise ValueError(f"injection {text!r} needs a value after ':'")
-        return Injection(kind, step, float(value) if value is not None else math.nan)
+        # nan carries no value; 0.0, not NaN, so that a fired injection equals itself after a JSON round trip
+        return Injection(kind, step, float(value) if value is not None else 0.0)
 
 
 def validate_injections(items: list[str]) -> list[str]:
@@ -156,11 +157,12 @@ class SpikeDetector:
     losses: deque = field(default_factory=deque)
     grads: deque = field(default_factory=deque)
 
-    def check(self, loss: float, grad_norm: float | None) -> Detection | None:
+    def check(self, loss: float, grad_norm: float | None, kinds=("loss_spike", "grad_spike")) -> Detection | None:
+        """The first detection among the enabled spike ``kinds`` (non-finite values always count)."""
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             return Detection("nonfinite", loss if not math.isfinite(loss) else grad_norm, None, None, None)
         for kind, value, hist in (("loss_spike", loss, self.losses), ("grad_spike", grad_norm, self.grads)):
-            if value is None or len(hist) < self.min_history:
+            if kind not in kinds or value is None or len(hist) < self.min_history:
                 continue
             mean = sum(hist) / len(hist)
             std = math.sqrt(sum((h - mean) ** 2 for h in hist) / (len(hist) - 1)) or 1e-12
@@ -204,8 +206,8 @@ class HealthPolicy:
     breakdown → the ladder by consecutive breakdown steps (each rung once per streak), then pause.
     Both streaks advance on every check; when both fire at once the breakdown rung wins.
 
-    ``every`` is the number of steps between health checks: one breakdown check stands for
-    ``every`` breakdown steps.
+    ``every`` is the number of steps between health checks: the first breakdown check of a
+    streak counts 1 step, each further one ``every`` steps.
     """
 
     config: RecoveryConfig
@@ -233,6 +235,8 @@ class HealthPolicy:
             return None
         decision = self._breakdown(check) if "breakdown" in c.detectors else None
         danger = self._danger(check, cooling) if "danger" in c.detectors else None  # streaks count on every check
+        if decision is not None and decision.action is None and danger is not None:
+            return danger  # a rung nobody may act on must not swallow an actionable danger decision
         return decision or danger
 
     def _breakdown(self, check) -> Decision | None:
@@ -240,7 +244,9 @@ class HealthPolicy:
         if check.regime != "breakdown":
             self.breakdown_steps, self.rungs_done = 0, set()
             return None
-        self.breakdown_steps += self.every
+        # The first breakdown check of a streak is one step of breakdown (we do not know when it began);
+        # each further check adds the steps since the previous one.
+        self.breakdown_steps = 1 if self.breakdown_steps == 0 else self.breakdown_steps + self.every
         rung = self.rung_for(self.breakdown_steps)
         evidence = {"phi": check.phi, "regime": check.regime, "consecutive_breakdown_steps": self.breakdown_steps,
                     "rung": rung}
