@@ -1,18 +1,16 @@
-"""Recovery autopilot (first part): detect bad steps, skip them, roll back when skipping is not enough.
+"""Recovery autopilot: detect faults, then skip, cool down, roll back, sleep, kick or pause.
 
-Detectors (evaluated after backward, before the optimizer step):
+Step-level detectors (after backward, before the optimizer step): ``nonfinite`` (loss or
+gradient norm NaN/inf) and ``loss_spike`` / ``grad_spike`` (z-score against a rolling window of
+recent *healthy* values above ``z``; OLMo-core uses z > 6 over 128 steps). Health detectors
+(after a health check, :mod:`slmlab.watch.health`): ``danger`` (sustained DANGER status) and
+``breakdown`` (the breakdown regime, which drives seed 004's ladder).
 
-* ``nonfinite`` — the loss or the gradient norm is NaN/inf;
-* ``loss_spike`` / ``grad_spike`` — z-score of the value against a rolling window of
-  recent *healthy* values above ``z`` (OLMo-core uses z > 6 over 128 steps), once
-  ``min_history`` values are known.
-
-Actions, in order of escalation: ``skip`` the step (no optimizer/scheduler update; the
-batch is consumed); after ``rollback_after`` consecutive detections, or on a non-finite
-value when ``skip`` is not allowed, ``rollback`` to the last checkpoint saved while
-healthy, skip the data window that led to the fault, and multiply the learning rate by
-``lr_backoff`` — PaLM's manual recipe, automated. After ``max_rollbacks`` the run
-pauses with an explanation. Every detection and action is an event with its evidence.
+Actions: ``skip``, ``cooldown``, ``rollback`` (to the last checkpoint *confirmed* healthy, past
+the faulty data window, LR backed off — PaLM's manual recipe, automated), ``light_sleep``,
+``deep_sleep`` (:func:`prune_lora`), ``mushroom`` (:func:`perturb_lora` + data reshuffle) and
+``pause``. :class:`HealthPolicy` decides the health-driven ones; the training loop carries all
+of them out and publishes each as an event with its evidence. Definitions: ``docs/watch.md``.
 
 Fault injection (for tests and demos): ``nan@STEP`` (the loss at STEP becomes NaN),
 ``lr_spike@STEP:FACTOR`` (the learning rate at STEP is multiplied by FACTOR),
