@@ -268,7 +268,9 @@ def train_cmd(
 
     Resume a killed run exactly: [bold]slmlab train --resume runs/lora-v6-golden[/bold]
 
-    Watch recovery at work: [bold]slmlab train examples/configs/recovery-demo.yaml --inject lr_spike@20:1000[/bold]
+    Watch recovery at work: [bold]slmlab train examples/configs/recovery-demo.yaml --dashboard[/bold]
+
+    Your own fault: [bold]slmlab train CONFIG --set recovery.enabled=true --inject nan@30[/bold]
     """
     from slmlab.train.config import load_train_config
     from slmlab.train.loop import resume_run, run
