@@ -1029,3 +1029,33 @@ def test_a_kill_while_overwriting_a_checkpoint_keeps_the_previous_copy(tmp_path)
     (root / "step-2" / "state.json").write_text('{"step": 2, "healthy": true}')
     assert latest_checkpoint(tmp_path).name == "step-4"
     assert (root / "step-4" / "state.json").is_file() and not (root / ".step-4.old").exists()
+
+
+def test_a_spike_after_a_steep_descent_is_caught_by_the_recent_window():
+    """The long window's std is dominated by the early descent; the last 16 values are not."""
+    from slmlab.watch.recovery import SpikeDetector
+
+    descent = [8.0 * 0.93**i for i in range(30)] + [0.75 + 0.05 * ((-1) ** i) for i in range(16)]
+    long_only = SpikeDetector(window=128, z=6, min_history=16, recent=None)
+    both = SpikeDetector(window=128, z=6, min_history=16, recent=16)
+    for x in descent:
+        long_only.accept(x, None)
+        both.accept(x, None)
+    assert long_only.check(2.6, None) is None
+    got = both.check(2.6, None)
+    assert got is not None and got.kind == "loss_spike" and got.window == 16 and got.zscore > 6
+    assert both.check(0.8, None) is None  # an ordinary value is not a spike
+
+
+def test_a_rate_on_few_probes_is_danger_only_when_significant():
+    from slmlab.watch.health import wilson_lower
+
+    band = StatusThresholds().collapse_rate  # good < 0.05, danger > 0.10
+    assert level_of(1 / 8, band) == "danger"  # without a sample size: the point estimate
+    assert level_of(1 / 8, band, n=8) == "warning"  # one text in eight is no evidence of > 10%
+    assert level_of(3 / 8, band, n=8) == "danger" and wilson_lower(3 / 8, 8) > 0.10
+    assert level_of(0.0, band, n=8) == "good"
+    status, levels, reasons = combine({"collapse_rate": 1 / 8}, StatusThresholds(), {"collapse_rate": 8})
+    assert status == "DRIFTING" and levels == {"collapse_rate": "warning"}
+    assert reasons == ["collapse_rate 0.125 > 0.1 on 8 probes, not significant (warning)"]
+    assert abs(wilson_lower(0.5, 100) - 0.4038) < 1e-3  # textbook value

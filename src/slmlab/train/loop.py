@@ -387,7 +387,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     recovery = config.recovery
     policy = HealthPolicy(recovery, watch.every)
     policy.load(resumed_state.get("policy", {}))
-    detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history)
+    detector = SpikeDetector(recovery.window, recovery.z, recovery.min_history, recovery.recent_window)
     detector.load(resumed_state.get("detector", {}))
     injections = [Injection.parse(x) for x in config.inject]
     fired: set[Injection] = {Injection(k, s_, v) for k, s_, v in resumed_state.get("fired", [])}
@@ -481,7 +481,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
         # The policy's escalation memory (ladder rungs, streaks) is not rolled back: it must keep escalating.
         scheduler.base_lrs = [lr * recovery.lr_backoff for lr in current_base]
         set_lr()
-        detector.reset()
+        detector.load(state.get("detector", {}))  # the healthy history as of the checkpoint: judge at once
         unconfirmed.clear()
         clean_since_save = True  # back on a confirmed-healthy state
         consecutive = 0

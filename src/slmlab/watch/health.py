@@ -103,29 +103,57 @@ class WatchConfig(_Strict):
 Level = Literal["good", "warning", "danger"]
 
 
-def level_of(value: float | None, band: Band) -> Level | None:
-    """good / warning / danger for one value (None when the value is missing or not finite)."""
+def wilson_lower(rate: float, n: int, z: float = 1.96) -> float:
+    """Lower end of the 95% Wilson interval of a proportion ``rate`` observed on ``n`` trials."""
+    if n <= 0:
+        return 0.0
+    centre = rate + z * z / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def level_of(value: float | None, band: Band, n: int | None = None) -> Level | None:
+    """good / warning / danger for one value (None when the value is missing or not finite).
+
+    With ``n`` (a rate measured on n probes) a rate is danger only when the lower end of its 95%
+    Wilson interval is past the danger bound: with 8 probes one collapsed text is 12.5%, which is
+    not evidence of a > 10% collapse rate (it is a warning).
+    """
     if value is None or not math.isfinite(value):
         return None
     if band.higher_is_better:
         return "good" if value > band.good else ("danger" if value < band.danger else "warning")
-    return "good" if value < band.good else ("danger" if value > band.danger else "warning")
+    if value < band.good:
+        return "good"
+    if value > band.danger and (n is None or wilson_lower(value, n) > band.danger):
+        return "danger"
+    return "warning"
 
 
-def combine(metrics: dict[str, float | None], thresholds: StatusThresholds) -> tuple[str, dict[str, Level], list[str]]:
-    """Status, per-metric levels and the reasons (every non-good level, worst first)."""
+def combine(metrics: dict[str, float | None], thresholds: StatusThresholds,
+            sample_sizes: dict[str, int] | None = None) -> tuple[str, dict[str, Level], list[str]]:
+    """Status, per-metric levels and the reasons (every non-good level, worst first).
+
+    ``sample_sizes``: for rates, how many probes they were measured on (see :func:`level_of`).
+    """
     levels: dict[str, Level] = {}
     reasons: list[tuple[int, str]] = []
+    sizes = sample_sizes or {}
     for name in type(thresholds).model_fields:
         band: Band = getattr(thresholds, name)
-        lvl = level_of(metrics.get(name), band)
+        lvl = level_of(metrics.get(name), band, sizes.get(name))
         if lvl is None:
             continue
         levels[name] = lvl
         if lvl != "good":
-            bound = band.danger if lvl == "danger" else band.good
-            op = ("<" if lvl == "danger" else "≤") if band.higher_is_better else (">" if lvl == "danger" else "≥")
-            reasons.append((0 if lvl == "danger" else 1, f"{name} {metrics[name]:.3g} {op} {bound:g} ({lvl})"))
+            value = metrics[name]
+            if lvl == "warning" and not band.higher_is_better and value > band.danger:
+                text = f"{name} {value:.3g} > {band.danger:g} on {sizes[name]} probes, not significant (warning)"
+            else:
+                bound = band.danger if lvl == "danger" else band.good
+                op = ("<" if lvl == "danger" else "≤") if band.higher_is_better else (">" if lvl == "danger" else "≥")
+                text = f"{name} {value:.3g} {op} {bound:g} ({lvl})"
+            reasons.append((0 if lvl == "danger" else 1, text))
     dangers = sum(1 for v in levels.values() if v == "danger")
     warnings = sum(1 for v in levels.values() if v == "warning")
     status = "DANGER" if dangers else "WARNING" if warnings >= 2 else "DRIFTING" if warnings == 1 else "STABLE"
@@ -308,7 +336,8 @@ class HealthMonitor:
             metrics["collapse_rate"] = self.last_probe["collapse_rate"]
         if self.last_spectral is not None:
             metrics.update(self.last_spectral)
-        status, levels, reasons = combine(metrics, self.config.status)
+        sizes = {k: self.last_probe["n"] for k in ("loop_rate", "collapse_rate")} if self.last_probe else None
+        status, levels, reasons = combine(metrics, self.config.status, sizes)
         regime = regime_of(phi, self.config.regimes)
         check = HealthCheck(step, status, regime, phi, metrics, dict(levels), reasons)
         self.bus.publish("health", step, status=status, reasons=reasons, metrics=metrics, levels=dict(levels),
