@@ -917,6 +917,11 @@ def test_the_shipped_recovery_demo_tells_its_story(tmp_path):
     final = [m["loss"] for m in lines if not m.get("rolled_back")][-5:]
     assert all(math.isfinite(x) and x < 6 for x in final)  # back below where it was before the spike
     assert (r.run_dir / "report.html").exists()
+    # The dashboard (here attached afterwards, as `slmlab watch` does) keeps the spike on screen.
+    from slmlab.watch.dashboard import load_run_state
+
+    fault = load_run_state(r.run_dir).last_fault
+    assert fault is not None and fault[0] == 21 and fault[1] == det["value"] and fault[3] == "loss_spike"
 
 
 # --------------------------------------------------------------------------- review fixes

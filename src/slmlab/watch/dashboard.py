@@ -117,10 +117,14 @@ class DashboardState:
     detections: int = 0
     actions: int = 0
     rolled_back_lines: int = 0
+    # The step that fired a detector before a rollback undid it: the spike stays on screen.
+    last_fault: tuple[int, float | None, float | None, str] | None = None
 
     def on_event(self, event: Event) -> None:
         d, kind = event.data, event.kind
         if kind == "step":
+            if d.get("detected"):
+                self.last_fault = (event.step, num(d.get("loss")), num(d.get("grad_norm")), str(d["detected"]))
             if d.get("rolled_back"):
                 self.rolled_back_lines += 1
                 return
@@ -202,6 +206,10 @@ def render(state: DashboardState) -> RenderableType:
     curves.add_row("loss", Text(sparkline([v for _, v in state.losses]), style="cyan"), fmt(state.loss),
                    f"eval {fmt(state.eval_loss)}")
     curves.add_row("grad norm", Text(sparkline([v for _, v in state.grad_norms]), style="magenta"), fmt(state.grad_norm), "")
+    if state.last_fault is not None:
+        step, loss, grad, detector = state.last_fault
+        curves.add_row("last fault", Text(f"step {step}: loss {fmt(loss)}, grad norm {fmt(grad)} ({detector}) "
+                                          "→ rolled back", style="bold red"), "", "")
     p = state.probe
     probe = (Text(f"loop rate {fmt(p.get('loop_rate'), '.1%')}  collapse rate {fmt(p.get('collapse_rate'), '.1%')}"
                   f"  (n={p.get('n', '?')})") if p else Text("no probe yet", style="dim"))
