@@ -12,6 +12,16 @@ from slmlab.train.config import load_train_config
 from slmlab.train.loop import run
 
 
+def _torchrun(cfg_path, port: int) -> subprocess.CompletedProcess:
+    """`slmlab train CFG` in two CPU processes (gloo), one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         "-m", "slmlab", "train", str(cfg_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
 def test_two_process_ddp_matches_single_process(tmp_path):
     records = [{"id": str(i), "input": f"P{i}→Q{i},P{i}?Q{i}", "output": "●", "category": "t", "family": "f"} for i in range(32)]
     write_jsonl(tmp_path / "train.jsonl", records)
@@ -23,12 +33,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     }
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump({**base, "name": "ddp", "grad_accum": 2}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "slmlab", "train", str(cfg_path)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    proc = _torchrun(cfg_path, port=29517)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp_losses = [json.loads(line)["loss"] for line in (tmp_path / "runs/ddp/metrics.jsonl").read_text().splitlines()]
 
@@ -55,14 +60,9 @@ def test_two_processes_agree_on_health_checks_and_a_rollback(tmp_path):
     }
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump({**base, "name": "ddp", "grad_accum": 2}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-         "-m", "slmlab", "train", str(cfg_path)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    proc = _torchrun(cfg_path, port=29518)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = run(load_train_config(data={**base, "name": "single", "grad_accum": 4}))
+    assert run(load_train_config(data={**base, "name": "single", "grad_accum": 4})).status == "completed"
 
     def story(name):
         lines = [json.loads(x) for x in (tmp_path / "runs" / name / "events.jsonl").read_text().splitlines()]

@@ -132,6 +132,14 @@ class Killed(Exception):
     pass
 
 
+def _kill_at(n):
+    """An on_step hook that kills the run after step n (as a crash would)."""
+    def f(step, metrics):
+        if step == n:
+            raise Killed()
+    return f
+
+
 def _check(status="STABLE", regime="geometric", phi=0.5):
     return SimpleNamespace(status=status, regime=regime, phi=phi, reasons=[])
 
@@ -723,12 +731,8 @@ def test_resume_during_a_cooldown_continues_exactly(tmp_path, data_file):
     kw = {"max_steps": 8, "save_every": 2, "watch": FORCE_DANGER, "recovery": rec}
     straight = run_(_config(tmp_path, data_file, name="straight", **kw))
 
-    def kill_at_5(step, metrics):
-        if step == 5:
-            raise Killed()
-
     with pytest.raises(Killed):
-        run_(_config(tmp_path, data_file, name="killed", **kw), on_step=kill_at_5)
+        run_(_config(tmp_path, data_file, name="killed", **kw), on_step=_kill_at(5))
     d = tmp_path / "runs" / "killed"
     state = json.loads((d / "checkpoints" / "step-4" / "state.json").read_text())
     assert state["cooldown"] == {"start": 4, "steps": 6, "factor": 0.5}  # the cooldown is in the checkpoint
@@ -816,12 +820,8 @@ def test_resume_is_exact_when_the_status_depends_on_the_probes(tmp_path, data_fi
     # check 4 (probe): DANGER; check 6 (the step-4 probe still current): DANGER → cooldown
     assert [(e["kind"], e["step"]) for e in _story(straight.run_dir)] == [("detection", 6), ("cooldown", 6)]
 
-    def kill_at_5(step, metrics):
-        if step == 5:
-            raise Killed()
-
     with pytest.raises(Killed):
-        run_(_config(tmp_path, data_file, name="killed", **kw), on_step=kill_at_5)
+        run_(_config(tmp_path, data_file, name="killed", **kw), on_step=_kill_at(5))
     d = tmp_path / "runs" / "killed"
     resume_run(d)
     assert _live(d) == _live(straight.run_dir)
@@ -925,13 +925,6 @@ def test_the_shipped_recovery_demo_tells_its_story(tmp_path):
 
 
 # --------------------------------------------------------------------------- review fixes
-
-
-def _kill_at(n):
-    def f(step, metrics):
-        if step == n:
-            raise Killed()
-    return f
 
 
 def _whole_story(run_dir):
