@@ -364,7 +364,7 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
                 truncate_lines(events_path, lines["events"])
             else:
                 _truncate_metrics(metrics_path, start_step)
-                _trim_events(events_path, start_step, write=True)
+                _trim_events(events_path, start_step)
     elif main:
         metrics_path.unlink(missing_ok=True)
         events_path.unlink(missing_ok=True)
@@ -876,19 +876,15 @@ def _count_kinds(path: Path) -> dict[str, int]:
     return counts
 
 
-def _trim_events(path: Path, step: int, write: bool) -> dict[str, int]:
+def _trim_events(path: Path, step: int) -> None:
     """Resume from a checkpoint without line counts (older runs): forget events after its step."""
     import json
 
     from slmlab.watch.events import read_jsonl
 
-    kept = [e for e in read_jsonl(path) if e["step"] <= step]
-    counts: dict[str, int] = {}
-    for e in kept:
-        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
-    if write and path.exists():
+    if path.exists():
+        kept = [e for e in read_jsonl(path) if e["step"] <= step]
         atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
-    return counts
 
 
 def _live_view(config: TrainConfig, total: int, start: int, main: bool):
