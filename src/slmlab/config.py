@@ -10,11 +10,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slmlab.errors import SlmlabError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """The base of every slmlab config section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ConfigError(SlmlabError):

@@ -47,16 +47,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
-from slmlab.config import ConfigError, load_yaml, validate_model
+
+from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
 from slmlab.errors import SlmlabError, unknown_name_message
 
 _PATHLIKE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --------------------------------------------------------------------------- schema
@@ -77,7 +74,7 @@ def corpus_path(name: str) -> Path:
     return path
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     """Where the records come from: exactly one of ``recipe``, ``path`` or ``corpus``."""
 
     recipe: str | None = Field(None, description="A recipe name or YAML path, generated into a temp dir.")
@@ -124,7 +121,7 @@ class DatasetSpec(_Strict):
         return v
 
 
-class GenerationSpec(_Strict):
+class GenerationSpec(StrictModel):
     max_new_tokens: int = Field(64, ge=1, description="Generation budget per prompt.")
     temperature: float = Field(0.0, ge=0, description="0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (only when temperature > 0).")
@@ -152,7 +149,7 @@ def _check_metric(item: str | dict[str, Any]) -> str | dict[str, Any]:
 MetricEntry = Annotated[str | dict[str, Any], AfterValidator(_check_metric)]
 
 
-class Suite(_Strict):
+class Suite(StrictModel):
     """A validated suite (see the module docstring). Unknown keys are errors."""
 
     name: str

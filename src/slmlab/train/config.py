@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from slmlab.config import ConfigError, load_yaml, validate_model
+
+from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
 from slmlab.errors import unknown_name_message
 from slmlab.experimental import BasinLossConfig
 from slmlab.train.curriculum import CurriculumConfig
@@ -17,11 +18,7 @@ from slmlab.watch.health import WatchConfig
 from slmlab.watch.recovery import RecoveryConfig, validate_injections
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AdapterConfig(_Strict):
+class AdapterConfig(StrictModel):
     kind: Literal["lora", "full"] = Field("lora", description="`lora` trains low-rank adapters; `full` trains every weight.")
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
@@ -32,7 +29,7 @@ class AdapterConfig(_Strict):
     layers: list[int] | None = Field(None, description="Only adapt these decoder layer indices (default: all).")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     recipe: str | None = Field(None, description="A recipe name or YAML path; generated into the run dir.")
     count: int | None = Field(None, gt=0, description="Total examples to generate from the recipe.")
     train: str | None = Field(None, description="A training JSONL file (instead of a recipe).")
@@ -51,20 +48,20 @@ class DataConfig(_Strict):
         return self
 
 
-class ObjectiveConfig(_Strict):
+class ObjectiveConfig(StrictModel):
     kind: Literal["sft", "dpo", "orpo"] = "sft"
     beta: float = Field(0.1, gt=0, description="DPO temperature β.")
     lam: float = Field(0.1, ge=0, description="ORPO weight λ of the odds-ratio term.")
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     name: str = Field("adamw", description="adamw, apollo or apollo-mini.")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra optimizer arguments (e.g. rank for APOLLO).")
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     kind: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak (cosine/linear).")
@@ -88,12 +85,12 @@ def parse_duration(text: str | int | float | None) -> float | None:
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
-class ExperimentalConfig(_Strict):
+class ExperimentalConfig(StrictModel):
     basin_loss: BasinLossConfig = Field(default_factory=BasinLossConfig,
                                         description="Unvalidated seed-002 penalty on representation collapse (off).")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Everything a training run needs. Unknown keys are errors."""
 
     name: str = Field("run", description="Run name: the run directory is output_dir/name.")

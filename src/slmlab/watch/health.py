@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from slmlab.config import StrictModel
 
 STATUSES = ("STABLE", "DRIFTING", "WARNING", "DANGER")
 REGIMES = ("linear", "geometric", "breakdown")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Band(_Strict):
+class Band(StrictModel):
     """One metric's thresholds: ``good`` and ``danger`` bounds; between them is warning."""
 
     good: float
@@ -53,7 +51,7 @@ def _band(good: float, danger: float, higher: bool, text: str):
     return Field(default_factory=lambda: Band(good=good, danger=danger, higher_is_better=higher), description=text)
 
 
-class StatusThresholds(_Strict):
+class StatusThresholds(StrictModel):
     """Seed 002's table (loop rate included); collapse_rate's band is ours, not the seed's."""
 
     spectral_entropy: Band = _band(2.0, 1.5, True, "> 2.0 good, 1.5–2.0 warning, < 1.5 danger (nats)")
@@ -73,7 +71,7 @@ class StatusThresholds(_Strict):
         return self
 
 
-class RegimeThresholds(_Strict):
+class RegimeThresholds(StrictModel):
     linear: float = Field(0.30, ge=0, le=1, description="Φ below this: linear regime.")
     breakdown: float = Field(0.80, ge=0, le=1, description="Φ at or above this: breakdown regime.")
 
@@ -84,7 +82,7 @@ class RegimeThresholds(_Strict):
         return self
 
 
-class WatchConfig(_Strict):
+class WatchConfig(StrictModel):
     enabled: bool = Field(True, description="Run health checks during training.")
     every: int = Field(25, ge=1, description="Steps between health checks (one no-grad forward of the probe prompts).")
     probe_every: int | None = Field(100, ge=1, description="Steps between generation probes (loop/collapse rate); null: never.")

@@ -23,7 +23,9 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from slmlab.config import StrictModel
 
 DETECTORS = ("nonfinite", "loss_spike", "grad_spike", "danger", "breakdown")
 ACTIONS = ("skip", "cooldown", "rollback", "light_sleep", "deep_sleep", "mushroom", "pause")
@@ -31,16 +33,12 @@ LADDER = ("cooldown", "light_sleep", "deep_sleep", "mushroom")
 _INJECT = re.compile(r"^(nan|lr_spike|poison)@(\d+)(?::([0-9.eE+-]+))?$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CooldownConfig(_Strict):
+class CooldownConfig(StrictModel):
     factor: float = Field(0.5, gt=0, le=1, description="LR multiplier at the start of a cooldown.")
     steps: int = Field(20, ge=1, description="Steps over which the LR eases back linearly to the schedule.")
 
 
-class LadderConfig(_Strict):
+class LadderConfig(StrictModel):
     """Consecutive breakdown steps at which each rung starts (seed 004's ladder)."""
 
     light_sleep: int = Field(20, ge=1)
@@ -56,20 +54,20 @@ class LadderConfig(_Strict):
         return self
 
 
-class LightSleepConfig(_Strict):
+class LightSleepConfig(StrictModel):
     steps: int = Field(10, ge=1, description="Steps of replay of earlier, healthy data.")
     lr_factor: float = Field(0.3, gt=0, le=1, description="LR multiplier during the replay.")
 
 
-class DeepSleepConfig(_Strict):
+class DeepSleepConfig(StrictModel):
     prune_fraction: float = Field(0.25, gt=0, lt=1, description="Share of each LoRA delta's weakest singular directions removed.")
 
 
-class MushroomConfig(_Strict):
+class MushroomConfig(StrictModel):
     noise: float = Field(0.05, gt=0, le=1, description="Norm of the random perturbation relative to each adapter weight's norm.")
 
 
-class RecoveryConfig(_Strict):
+class RecoveryConfig(StrictModel):
     enabled: bool = Field(False, description="Detect bad steps and act on them (otherwise a NaN stops the run).")
     detectors: list[str] = Field(default_factory=lambda: ["nonfinite", "loss_spike", "grad_spike"],
                                  description="Which detectors act: " + ", ".join(DETECTORS) + ".")
