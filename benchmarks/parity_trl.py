@@ -17,8 +17,8 @@ for DPO, policy ≠ reference. One batch is taken from ``trainer.get_train_datal
 (TRL's tokenization and collator, the whole dataset in one batch) and the TRL loss is
 ``trainer.compute_loss(model, batch)``. The slmlab loss is computed on the *same model
 object* (``SupervisedLM(trainer.model)``, eval mode, no grad) from the *same strings*,
-through slmlab's own path: ``_records_to_pairs`` / ``_preference_pairs`` (v6 template)
-→ ``encode_pairs`` → ``_units`` → ``pack`` + ``collate`` → ``sft_loss`` / ``dpo_loss`` /
+through slmlab's own path: ``records_to_pairs`` / ``preference_pairs`` (v6 template)
+→ ``encode_pairs`` → ``units`` → ``pack`` + ``collate`` → ``sft_loss`` / ``dpo_loss`` /
 ``orpo_loss``, loss = ``total / normaliser``. Both the packed batch (slmlab's default) and
 one-example-per-row batches are checked.
 
@@ -167,9 +167,9 @@ def trl_batch(trainer) -> dict:
 
 
 def slmlab_batch(units, packing: bool, pad_id: int) -> dict:
-    from slmlab.train.loop import _batch
+    from slmlab.train.data import make_batch
 
-    return _batch(units, MAX_LENGTH, packing, pad_id)
+    return make_batch(units, MAX_LENGTH, packing, pad_id)
 
 
 def example_key(ids: list[int], supervised_positions: list[int]) -> tuple:
@@ -194,9 +194,9 @@ def trl_row_key(ids, keep, supervised) -> tuple:
 
 def fmt_pref_pairs(records, fmt: str, tok, bos_prefix: bool):
     """slmlab's preference rendering: pair k = examples 2k (prompt, chosen), 2k+1 (prompt, rejected)."""
-    from slmlab.train.loop import _preference_pairs
+    from slmlab.train.data import preference_pairs
 
-    pairs = _preference_pairs(records, fmt, tok, "parity")
+    pairs = preference_pairs(records, fmt, tok, "parity")
     if bos_prefix:
         pairs = [(tok.bos_token + p, c) for p, c in pairs]
     trl_rows = [{"prompt": pairs[2 * k][0], "chosen": pairs[2 * k][1], "rejected": pairs[2 * k + 1][1]}
@@ -207,13 +207,13 @@ def fmt_pref_pairs(records, fmt: str, tok, bos_prefix: bool):
 
 def pref_examples(pairs, tok):
     from slmlab.train.batching import encode_pairs
-    from slmlab.train.loop import _complete_pairs, _units
+    from slmlab.train.data import complete_units, units
 
     examples, _ = encode_pairs(pairs, tok, MAX_LENGTH)
-    examples = _complete_pairs(examples)
+    examples = complete_units(examples, 2)
     if len(examples) != len(pairs):
         raise SystemExit("an example was dropped by slmlab's encoding; raise MAX_LENGTH")
-    return examples, _units(examples, "dpo")
+    return examples, units(examples, 2)
 
 
 # --------------------------------------------------------------------------- SFT
@@ -226,11 +226,11 @@ def run_sft(spec: str, fmt: str, work: str, packings: list[bool]) -> list[Row]:
 
     from slmlab.models import load
     from slmlab.train.batching import encode_pairs
-    from slmlab.train.loop import _records_to_pairs, _units
+    from slmlab.train.data import records_to_pairs, units
     from slmlab.train.objectives import SupervisedLM, sft_loss
 
     base, tok = load(spec, seed=SEED)
-    pairs = _records_to_pairs(SFT_RECORDS, fmt, tok, "parity")
+    pairs = records_to_pairs(SFT_RECORDS, fmt, tok, "parity")
     ds = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
     args = training_args(SFTConfig, os.path.join(work, "sft"), len(pairs), completion_only_loss=True, packing=False,
                          padding_free=False)
@@ -248,7 +248,7 @@ def run_sft(spec: str, fmt: str, work: str, packings: list[bool]) -> list[Row]:
     rows = []
     for packing in packings:
         with torch.no_grad():
-            parts = sft_loss(lm, slmlab_batch(_units(examples, "sft"), packing, tok.pad_token_id))
+            parts = sft_loss(lm, slmlab_batch(units(examples, 1), packing, tok.pad_token_id))
         rows.append(Row("sft", "packed" if packing else "padded", parts.total.item() / parts.normaliser, trl_loss, same))
     return rows
 
@@ -306,7 +306,7 @@ def run_orpo(spec: str, fmt: str, work: str, packings: list[bool]) -> tuple[list
 
     from slmlab.models import load
     from slmlab.train.batching import IGNORE, Encoded, collate, pack
-    from slmlab.train.objectives import SupervisedLM, _chosen_rejected, orpo_loss, per_example_sums
+    from slmlab.train.objectives import SupervisedLM, chosen_rejected, orpo_loss, per_example_sums
 
     base, tok = load(spec, seed=SEED)
     # TRL's ORPO prepends BOS to prompts that lack it; give both sides the BOS-prefixed prompt.
@@ -343,8 +343,8 @@ def run_orpo(spec: str, fmt: str, work: str, packings: list[bool]) -> tuple[list
         with torch.no_grad():
             parts = orpo_loss(lm, b, lam=LAM)
             ids, sums, counts = per_example_sums(lm(b["input_ids"], b["position_ids"], b["targets"]), b)
-            c_sum, _ = _chosen_rejected(ids, sums)
-            c_cnt, _ = _chosen_rejected(ids, counts)
+            c_sum, _ = chosen_rejected(ids, sums)
+            c_cnt, _ = chosen_rejected(ids, counts)
             nll_full = -lm(fb["input_ids"], fb["position_ids"], fb["targets"]).mean().item()
         pairs_n = parts.logs["pairs"]
         nll_slmlab = parts.logs["nll_sum"] / pairs_n  # per-pair mean of per-token completion NLL

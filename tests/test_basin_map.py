@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from slmlab.data.curate import curate_dataset
-from slmlab.data.formats import read_jsonl, write_jsonl
 from slmlab.errors import SlmlabError
 from slmlab.evaluate.basin_map import BASINS, MapSettings, compare_maps, load_prompts, map_basins, read_map
+from slmlab.evaluate.curate import curate_dataset
 from slmlab.evaluate.predict import train_danger_model
+from slmlab.io import read_jsonl, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,16 @@ def test_generate_validate_inspect_round_trip(monkeypatch, capsys, tmp_path):
 def test_generate_with_tiny_model(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "generate", "--model", "tiny-random", "-n", "3", "hello")
     assert code == 0 and "tokens/s" in err
+
+
+def test_train_without_an_eval_set_says_so(monkeypatch, capsys, tmp_path):
+    from slmlab.io import write_jsonl
+
+    write_jsonl(tmp_path / "t.jsonl", [{"id": str(i), "input": f"P{i}→Q{i},P{i}?Q{i}", "output": "●", "category": "t",
+                                        "family": "f"} for i in range(8)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: tiny-random\noutput_dir: {tmp_path / 'runs'}\ndata: {{train: {tmp_path / 't.jsonl'}, max_length: 64}}\n"
+                   "max_steps: 2\nsave_every: null\nwatch: {enabled: false, dashboard: false}\n")
+    code, out, err = run_main(monkeypatch, capsys, "train", str(cfg))
+    assert code in (0, None), err
+    assert "completed: 2 steps, final loss " in out and "no eval set (set data.eval)" in out and "nan" not in out

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from slmlab.data.formats import write_jsonl
+from slmlab.io import write_jsonl
 from slmlab.train.config import load_train_config
 from slmlab.train.loop import run
 

@@ -3,7 +3,18 @@ import json
 import pytest
 
 from slmlab.config import ConfigError, load_yaml
-from slmlab.data.formats import JsonlError, atomic_write_text, iter_jsonl, read_jsonl, write_jsonl
+from slmlab.io import (
+    JsonlError,
+    atomic_write_text,
+    count_lines,
+    iter_jsonl,
+    read_json,
+    read_jsonl,
+    read_jsonl_tolerant,
+    truncate_lines,
+    write_json,
+    write_jsonl,
+)
 
 
 def test_write_then_read_round_trip_keeps_unicode_and_order(tmp_path):
@@ -33,6 +44,25 @@ def test_malformed_line_names_file_and_line(tmp_path):
     assert good == [{"a": 1}, {"a": 3}]  # the rest of the file is still read
     assert [e.line for e in errors] == [3, 4]
     assert "expected a JSON object" in errors[1].message
+
+
+def test_tolerant_reader_skips_a_torn_line_and_a_missing_file_is_empty(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    assert read_jsonl_tolerant(p) == [] and count_lines(p) == 0
+    p.write_text('{"step": 1}\n{"step": 2}\n\n{"step": 3, "lo', encoding="utf-8")  # killed mid-write
+    assert read_jsonl_tolerant(p) == [{"step": 1}, {"step": 2}]
+    assert count_lines(p) == 4
+    truncate_lines(p, 2)
+    assert p.read_text(encoding="utf-8") == '{"step": 1}\n{"step": 2}\n'
+    truncate_lines(tmp_path / "absent.jsonl", 1)  # nothing to truncate, nothing created
+    assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_json_round_trip(tmp_path):
+    data = {"loss": 0.5, "name": "P→Q", "steps": [1, 2]}
+    write_json(tmp_path / "r" / "results.json", data)
+    assert read_json(tmp_path / "r" / "results.json") == data
+    assert "P→Q" in (tmp_path / "r" / "results.json").read_text(encoding="utf-8")
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 
 from slmlab.config import ConfigError
 from slmlab.data.check import inspect_file, validate_file
-from slmlab.data.formats import write_jsonl
 from slmlab.data.logic import canonical_key
 from slmlab.data.recipes import allocate, generate_dataset, list_recipes, load_recipe
+from slmlab.io import write_jsonl
 
 
 def test_shipped_recipes_validate_and_build(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slmlab.config import ConfigError
-from slmlab.data.formats import write_jsonl
+from slmlab.io import write_jsonl
 from slmlab.train.config import load_train_config
 from slmlab.train.loop import TrainingError, resume_run, run
 
@@ -189,15 +189,15 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, data_file):
 
 
 def test_nan_loss_stops_with_step_and_example_ids(tmp_path, data_file, monkeypatch):
-    import slmlab.train.loop as loop
-    from slmlab.train.objectives import sft_loss
+    from slmlab.train.objectives import sft
+    from slmlab.train.objectives.sft import sft_loss
 
     def poisoned(model, batch):
         parts = sft_loss(model, batch)
         parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setitem(loop.OBJECTIVES, "sft", poisoned)
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
     with pytest.raises(TrainingError, match=r"step 0: loss is nan; examples in this step: \[\d+, "):
         run(_config(tmp_path, data_file, name="nan"))
 
@@ -305,13 +305,13 @@ def test_rollback_restores_exactly_the_checkpoint_state(tmp_path, data_file, mon
     seen = {}
     real = loop.load_checkpoint
 
-    def checked(path, model, optimizer, scheduler, *, adapter):
-        state = real(path, model, optimizer, scheduler, adapter=adapter)
+    def checked(path, train_state):
+        state = real(path, train_state)
         saved = load_file(str(path / "weights.safetensors"))
-        now = get_peft_model_state_dict(model)
+        now = get_peft_model_state_dict(train_state.model)
         seen["weights_equal"] = saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
         saved_opt = torch.load(path / "optimizer.pt", weights_only=True)["state"]
-        now_opt = optimizer.state_dict()["state"]
+        now_opt = train_state.optimizer.state_dict()["state"]
         seen["optimizer_equal"] = all(torch.equal(saved_opt[i]["exp_avg"], now_opt[i]["exp_avg"]) for i in saved_opt)
         seen["step"] = state["step"]
         return state

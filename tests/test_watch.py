@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from slmlab.config import ConfigError
-from slmlab.data.formats import write_jsonl
+from slmlab.io import write_jsonl
 from slmlab.train.config import load_train_config
 from slmlab.watch.health import (
     REGIMES,
@@ -704,7 +704,7 @@ def test_curriculum_with_an_unknown_category_fails_before_the_model_loads(tmp_pa
 def test_basin_loss_in_the_loop_and_off_by_default(tmp_path, data_file, monkeypatch):
     import warnings
 
-    from slmlab.train import loop
+    from slmlab.train import penalty
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ExperimentalWarning on import is the point of that module
@@ -715,7 +715,7 @@ def test_basin_loss_in_the_loop_and_off_by_default(tmp_path, data_file, monkeypa
     assert all(m["basin_penalty"] > 0 and math.isfinite(m["basin_penalty"]) for m in lines)
     assert all(math.isfinite(x) for x in r.losses)
 
-    monkeypatch.setattr(loop, "_BasinAux", lambda *a, **kw: pytest.fail("basin loss built in a default run"))
+    monkeypatch.setattr(penalty, "BasinPenalty", lambda *a, **kw: pytest.fail("basin loss built in a default run"))
     d = run_(_config(tmp_path, data_file, name="nobasin", max_steps=2))
     assert d.status == "completed" and all("basin_penalty" not in m for m in _metrics(d.run_dir))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from slmlab.console import console, err_console
+from slmlab.console import console, err_console, print_dataset_summary
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import SlmlabError
 from slmlab.steer.cli import steer_app
@@ -114,31 +114,6 @@ def data_recipes_cmd() -> None:
         cats = ", ".join(f"{k} {v}" for k, v in counts.items())
         table.add_row(name, str(sum(counts.values())), cats, " ".join(recipe.description.split()))
     console.print(table)
-
-
-def print_dataset_summary(manifest: dict) -> None:
-    table = Table(title=f"Dataset {manifest['recipe']} (seed {manifest['seed']})")
-    table.add_column("category")
-    table.add_column("train", justify="right")
-    table.add_column("test", justify="right")
-    table.add_column("share", justify="right")
-    total = manifest["all"]["count"]
-    for cat, n in manifest["all"]["categories"].items():
-        tr = manifest["splits"]["train"]["categories"].get(cat, 0)
-        te = manifest["splits"]["test"]["categories"].get(cat, 0)
-        table.add_row(cat, str(tr), str(te), f"{n / total:.1%}")
-    table.add_row("[bold]total[/bold]", str(manifest["splits"]["train"]["count"]), str(manifest["splits"]["test"]["count"]), "100%")
-    console.print(table)
-    answers = manifest["all"]["answers"]
-    if answers:
-        n = sum(answers.values())
-        console.print("answers: " + "  ".join(f"{g} {c} ({c / n:.1%})" for g, c in answers.items()))
-    renders = manifest["all"]["renders"]
-    if renders:
-        n = sum(renders.values())
-        console.print("renders: " + "  ".join(f"{r} {c} ({c / n:.1%})" for r, c in renders.items()))
-    g = manifest["groups"]
-    console.print(f"split groups (puzzles up to renaming): train {g['train']}, test {g['test']}, shared {g['shared']}")
 
 
 @data_app.command("generate")
@@ -253,6 +228,13 @@ def data_families_cmd() -> None:
 # --------------------------------------------------------------------------- train
 
 
+def _loss_text(value) -> str:
+    """A loss for people: 4 decimals, or what it is when it is not a number (``"nan"`` from results.json, none)."""
+    if value is None:
+        return "none"
+    return f"{value:.4f}" if isinstance(value, float | int) else str(value)
+
+
 @app.command("train")
 def train_cmd(
     config: Path | None = typer.Argument(None, help="Training config YAML (not needed with --resume)."),
@@ -286,10 +268,9 @@ def train_cmd(
             overrides.append(f"watch.dashboard={str(dashboard).lower()}")
         result = run(load_train_config(config, overrides))
     t = result.summary.get("train", {})
-    console.print(
-        f"{result.status}: {result.steps} steps, final loss {t.get('final_loss') or float('nan'):.4f}, "
-        f"eval loss {result.eval_loss if result.eval_loss is not None else float('nan'):.4f}; run dir {result.run_dir}"
-    )
+    held_out = f"eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "no eval set (set data.eval)"
+    console.print(f"{result.status}: {result.steps} steps, final loss {_loss_text(t.get('final_loss'))}, {held_out}; "
+                  f"run dir {result.run_dir}")
     rec = result.summary.get("recovery", {})
     acted = {k: v for k, v in rec.items() if k not in ("data_offset", "reshuffles") and v}
     if acted:
@@ -397,8 +378,8 @@ def basins_label_cmd(file: Path = typer.Argument(..., help="JSONL with a `text` 
 
     Example: [bold]slmlab basins label generations.jsonl > labelled.jsonl[/bold]
     """
-    from slmlab.data.formats import dumps_record, iter_jsonl
     from slmlab.evaluate.basins import label
+    from slmlab.io import dumps_record, iter_jsonl
 
     for line in iter_jsonl(file):
         text = line.record.get("text")
@@ -509,7 +490,7 @@ def data_curate_cmd(
 
     Example: [bold]slmlab data curate data/mix/train.jsonl --map maps/mix.json -o data/mix/curated.jsonl[/bold]
     """
-    from slmlab.data.curate import curate_dataset
+    from slmlab.evaluate.curate import curate_dataset
 
     rep = curate_dataset(dataset, map_, out, seed=seed)
     table = Table(title=f"Curation ({rep['before']} → {rep['after']} records)")

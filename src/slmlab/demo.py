@@ -119,9 +119,9 @@ def run_demo(out: Path, *, n_eval: int = 60, model: str = "smollm2-135m", train_
     """Generate v6-golden; measure the base model (puzzles, basin map); fine-tune briefly with LoRA; measure again; report."""
     import shutil
 
-    from slmlab.cli import print_dataset_summary
-    from slmlab.data.formats import atomic_write_text
+    from slmlab.console import print_dataset_summary
     from slmlab.data.recipes import generate_dataset
+    from slmlab.io import atomic_write_text
     from slmlab.models import load
 
     console = console or Console()

@@ -16,8 +16,6 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmlab.data.formats import atomic_write_text
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     path TEXT PRIMARY KEY,
@@ -87,7 +85,3 @@ def list_runs(output_dir: str | Path = "runs") -> list[RunRow]:
             "SELECT name, path, status, model, objective, step, final_loss, eval_loss, updated FROM runs ORDER BY updated DESC"
         ).fetchall()
     return [RunRow(*r) for r in rows]
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n")

@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmlab.data.formats import REQUIRED_FIELDS, JsonlError, iter_jsonl
+from slmlab.data.formats import REQUIRED_FIELDS
+from slmlab.io import JsonlError, iter_jsonl
 
 
 @dataclass

@@ -231,10 +231,6 @@ def _bad_name(text: str, i: int, col: int) -> None:
 # ----------------------------------------------------------------------- parser
 
 
-def _describe(tok: _Tok) -> str:
-    return "the end of the text" if tok.kind == "END" else repr(tok.value)
-
-
 class _Parser:
     """Recursive descent, one method per precedence level (see docs/glyphs.md)."""
 

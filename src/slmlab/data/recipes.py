@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slmlab import __version__
 from slmlab.config import ConfigError, load_yaml, validate_model
-from slmlab.data.formats import atomic_write_text, iter_jsonl, write_jsonl
 from slmlab.errors import SlmlabError, unknown_name_message
+from slmlab.io import atomic_write_text, iter_jsonl, write_jsonl
 
 
 class Category(BaseModel):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from slmlab.data.formats import atomic_write_text, iter_jsonl
 from slmlab.errors import SlmlabError, unknown_name_message
+from slmlab.io import atomic_write_text, iter_jsonl
 
 BASINS = ("CREATIVE", "SEMANTIC_LOOP", "TOKEN_COLLAPSE", "UNKNOWN")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from slmlab.data.formats import atomic_write_text
+from slmlab.io import atomic_write_text
 
 BASIN_COLOURS = {"CREATIVE": "#4c9a2a", "SEMANTIC_LOOP": "#e0a100", "TOKEN_COLLAPSE": "#c0392b", "UNKNOWN": "#95a5a6"}
 SERIES_COLOURS = ["#2c7fb8", "#d95f0e", "#7570b3", "#1b9e77"]

@@ -306,7 +306,7 @@ def load_records(suite: Suite) -> list[dict]:
             result = generate_dataset(ds.recipe, tmp, count=ds.count, seed=ds.seed)
         records, where = (result.test if ds.split == "test" else result.train), f"recipe {ds.recipe} ({ds.split})"
     else:
-        from slmlab.data.formats import read_jsonl
+        from slmlab.io import read_jsonl
 
         path = Path(ds.path) if ds.path is not None else corpus_path(ds.corpus)
         records, where = read_jsonl(path), str(path)
@@ -491,10 +491,10 @@ def run_suite(
     line per record), both atomically, samples first. ``limit`` overrides the suite's.
     """
     from slmlab import __version__
-    from slmlab.data.formats import atomic_write_text, encode_jsonl
     from slmlab.data.roles import load_template, render_prompt
     from slmlab.evaluate.generate import generate
     from slmlab.evaluate.metrics import get_metric
+    from slmlab.io import atomic_write_text, encode_jsonl
 
     suite = suite_name_or_path if isinstance(suite_name_or_path, Suite) else load_suite(suite_name_or_path)
     if limit is not None and limit < 1:

@@ -90,9 +90,9 @@ def calibrate(
     """Run the sweep, write the results back into ``readout.json``; return ``calibration[concept]``."""
     import numpy as np
 
-    from slmlab.data.formats import atomic_write_text
     from slmlab.evaluate.basins import label
     from slmlab.evaluate.generate import format_prompt, generate
+    from slmlab.io import atomic_write_text
     from slmlab.steer.apply import steering, token_scores
     from slmlab.steer.extract import load_readout, write_manifest
 

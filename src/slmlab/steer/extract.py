@@ -412,7 +412,7 @@ class Readout:
 
 
 def write_manifest(out_dir: str | Path, manifest: dict) -> None:
-    from slmlab.data.formats import atomic_write_text
+    from slmlab.io import atomic_write_text
 
     atomic_write_text(Path(out_dir) / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
@@ -501,7 +501,7 @@ def extract(
     """
     from safetensors.torch import save
 
-    from slmlab.data.formats import atomic_write_bytes
+    from slmlab.io import atomic_write_bytes
 
     plan = preflight(corpus_dir, model_spec, layers, pooling, method)
     corpus, shape = plan.corpus, plan.shape

@@ -335,7 +335,7 @@ def quality(readout_dir: str | Path, corpus_dir: str | Path | None = None, model
             *, loaded=None, console=None) -> dict:
     """Write ``quality.json`` and ``quality.html`` into the readout directory; return the report."""
     from slmlab.evaluate.report import write_report
-    from slmlab.data.formats import atomic_write_text
+    from slmlab.io import atomic_write_text
     from slmlab.steer.corpus import load_corpus
     from slmlab.steer.extract import check_corpus_matches, load_activations, load_readout
 

@@ -4,19 +4,19 @@ A checkpoint is written into a temporary directory and renamed into place, so a 
 at any moment leaves either the previous checkpoint or the new one, never half of one.
 The data position is the step number (the data plan is a pure function of seed and
 step), so restoring the step and the RNG states makes a resumed run continue exactly.
+What is saved is a :class:`~slmlab.train.state.TrainState` plus the run's own ``info``.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from slmlab.data.formats import atomic_write_text
+from slmlab.io import atomic_write_text
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -63,95 +63,82 @@ def latest_checkpoint(run_dir: Path, healthy_only: bool = False) -> Path | None:
     return found[-1] if found else None
 
 
-def _weights(model, adapter: str) -> dict[str, torch.Tensor]:
-    if adapter == "lora":
-        from peft import get_peft_model_state_dict
+def save_checkpoint(run_dir: Path, state, *, info: dict, keep: int, keep_healthy: int = 0) -> Path:
+    """Write ``checkpoints/step-N`` of a :class:`~slmlab.train.state.TrainState` atomically.
 
-        return get_peft_model_state_dict(model)
-    # Tied weights share storage; safetensors refuses shared tensors, so store each once by name.
-    seen: dict[int, str] = {}
-    out = {}
-    for name, t in model.state_dict().items():
-        key = t.data_ptr()
-        if key in seen:
-            continue
-        seen[key] = name
-        out[name] = t.detach().contiguous()
-    return out
-
-
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, *, adapter: str, state: dict, keep: int,
-                    keep_healthy: int = 0) -> Path:
-    """Write ``checkpoints/step-N`` atomically; keep the last ``keep`` and the last ``keep_healthy`` healthy ones."""
+    ``info`` (JSON) is saved beside it in ``state.json`` with the step and tokens seen: whatever
+    else the run needs to continue exactly (recovery memory, log line counts, ...). Keeps the last
+    ``keep`` checkpoints and the last ``keep_healthy`` healthy ones.
+    """
     from safetensors.torch import save_file
+
+    from slmlab.train.state import rng_state
 
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
+    final = root / f"step-{state.step}"
+    tmp = root / f".step-{state.step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_weights(model, adapter), str(tmp / "weights.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"torch": torch.get_rng_state(), "python": list(_py_state())}
-    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    atomic_write_text(tmp / "state.json", json.dumps({**state, "adapter": adapter}, indent=2) + "\n")
+    save_file(state.weights(), str(tmp / "weights.safetensors"))
+    torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    record = {**info, "step": state.step, "tokens_seen": state.tokens_seen, "adapter": state.adapter}
+    atomic_write_text(tmp / "state.json", json.dumps(record, indent=2) + "\n")
     # Overwriting (a rollback re-saves its target): move the old one aside first, so a kill at any
     # moment leaves a complete step-N or its .old copy, never neither.
-    old = root / f".step-{step}.old"
+    old = root / f".step-{state.step}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    _prune(run_dir, keep, keep_healthy)
+    return final
+
+
+def _prune(run_dir: Path, keep: int, keep_healthy: int) -> None:
     found = list_checkpoints(run_dir)
     healthy = [p for p in found if is_healthy(p)]
     wanted = set(found[-keep:]) | (set(healthy[-keep_healthy:]) if keep_healthy else set())
     for old in found:
         if old not in wanted:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def _py_state():
-    version, internal, gauss = random.getstate()
-    return version, list(internal), gauss
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, *, adapter: str) -> dict:
-    """Restore everything saved by :func:`save_checkpoint`; returns the saved state dict."""
+def load_checkpoint(path: Path, state) -> dict:
+    """Restore everything :func:`save_checkpoint` wrote into ``state``; returns the saved ``state.json``."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "weights.safetensors"))
-    if adapter == "lora":
-        from peft import set_peft_model_state_dict
+    from slmlab.train.state import set_rng_state
 
-        result = set_peft_model_state_dict(model, weights)
-        unexpected = [k for k in result.unexpected_keys if "lora_" in k]
-        if unexpected:
-            raise ValueError(f"{path}: checkpoint does not match the adapter config (unexpected {unexpected[:3]})")
-    else:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        # Tied weights were stored once; anything else missing is a real mismatch.
-        real_missing = [k for k in missing if not _is_tied(model, k)]
-        if real_missing or unexpected:
-            raise ValueError(f"{path}: checkpoint does not match the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+    info = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    state.load_weights(load_file(str(path / "weights.safetensors")), where=str(path))
+    state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    state.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    state.step, state.tokens_seen = int(info["step"]), int(info.get("tokens_seen", 0))
+    return info
 
 
-def _is_tied(model, name: str) -> bool:
-    ptrs = {}
-    for n, t in model.state_dict().items():
-        ptrs.setdefault(t.data_ptr(), []).append(n)
-    return any(name in names and len(names) > 1 for names in ptrs.values())
+class RollbackTargets:
+    """What recovery asks before a rollback: the latest checkpoint confirmed healthy, or ``None``.
+
+    The main process picks (it wrote the files); with several processes every process gets its
+    answer, so all of them load the same checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, accelerator=None):
+        self.run_dir, self.accelerator = run_dir, accelerator
+
+    def latest_healthy(self) -> Path | None:
+        acc = self.accelerator
+        if acc is None or acc.num_processes == 1:
+            return latest_checkpoint(self.run_dir, healthy_only=True)
+        from accelerate.utils import broadcast_object_list
+
+        found = latest_checkpoint(self.run_dir, healthy_only=True) if acc.is_main_process else None
+        box = [str(found) if found is not None else None]
+        broadcast_object_list(box, from_process=0)
+        return Path(box[0]) if box[0] is not None else None

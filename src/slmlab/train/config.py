@@ -14,6 +14,7 @@ from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
 from slmlab.errors import unknown_name_message
 from slmlab.experimental import BasinLossConfig
 from slmlab.train.curriculum import CurriculumConfig
+from slmlab.train.objectives import OBJECTIVES, ObjectiveSpec
 from slmlab.watch.health import WatchConfig
 from slmlab.watch.recovery import RecoveryConfig, validate_injections
 
@@ -49,9 +50,20 @@ class DataConfig(StrictModel):
 
 
 class ObjectiveConfig(StrictModel):
-    kind: Literal["sft", "dpo", "orpo"] = "sft"
+    kind: str = Field("sft", description="Objective: " + ", ".join(OBJECTIVES) + " (see slmlab.train.objectives).")
     beta: float = Field(0.1, gt=0, description="DPO temperature β.")
     lam: float = Field(0.1, ge=0, description="ORPO weight λ of the odds-ratio term.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        if v not in OBJECTIVES:
+            raise ValueError(unknown_name_message("objective", v, list(OBJECTIVES)))
+        return v
+
+    @property
+    def spec(self) -> ObjectiveSpec:
+        return OBJECTIVES[self.kind]
 
 
 class OptimizerConfig(StrictModel):
@@ -125,11 +137,13 @@ class TrainConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _frozen_is_sft_only(self) -> TrainConfig:
-        if self.context_frozen and self.objective.kind != "sft":
-            raise ValueError("context_frozen: true supports objective.kind 'sft' only")
-        if self.objective.kind == "dpo" and self.adapter.kind != "lora":
-            raise ValueError("objective.kind 'dpo' needs adapter.kind 'lora' (the reference is the model with the adapter off)")
+    def _objective_constraints(self) -> TrainConfig:
+        spec = self.objective.spec
+        if self.context_frozen and not spec.context_frozen:
+            able = " or ".join(repr(s.name) for s in OBJECTIVES.values() if s.context_frozen)
+            raise ValueError(f"context_frozen: true supports objective.kind {able} only")
+        if spec.needs_lora and self.adapter.kind != "lora":
+            raise ValueError(f"objective.kind {spec.name!r} needs adapter.kind 'lora' (the reference is the model with the adapter off)")
         return self
 
     @field_validator("inject")

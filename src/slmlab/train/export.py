@@ -27,11 +27,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True) -> P
     from peft import PeftModel
 
     base, tokenizer = load(config.model, seed=config.seed)
+    from slmlab.train.record import save_pretrained_atomically
+
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_pretrained_atomically(merged, tokenizer, out)

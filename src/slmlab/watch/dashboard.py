@@ -25,7 +25,8 @@ from rich.table import Table
 from rich.text import Text
 
 from slmlab.errors import SlmlabError
-from slmlab.watch.events import ACTION_KINDS, Event, read_jsonl
+from slmlab.io import read_jsonl_tolerant
+from slmlab.watch.events import ACTION_KINDS, Event
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 HISTORY = 60
@@ -296,9 +297,9 @@ def load_run_state(run_dir: str | Path) -> DashboardState:
     """A run's dashboard state from its files (the run may still be going)."""
     run_dir = check_run_dir(run_dir)
     state = _empty_state(run_dir)
-    for record in read_jsonl(run_dir / "metrics.jsonl"):
+    for record in read_jsonl_tolerant(run_dir / "metrics.jsonl"):
         state.feed_metrics_line(record)
-    for record in read_jsonl(run_dir / "events.jsonl"):
+    for record in read_jsonl_tolerant(run_dir / "events.jsonl"):
         state.feed_event_line(record)
     return state
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from slmlab.io import count_lines
+
 ACTION_KINDS = ("skip", "cooldown", "rollback", "light_sleep", "deep_sleep", "mushroom", "pause")
 MARKER_KINDS = ("detection", *ACTION_KINDS, "phase", "regime_change", "status_change")
 """Kinds worth a vertical marker on a curve."""
@@ -86,34 +88,6 @@ class EventBus:
         return event
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Lines of a run's JSONL log; a torn last line (run killed mid-write) is ignored."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def count_lines(path: Path) -> int:
-    return len(path.read_bytes().splitlines()) if path.exists() else 0
-
-
-def truncate_lines(path: Path, n: int) -> None:
-    """Keep the first ``n`` lines (a checkpoint records how many there were when it was taken)."""
-    from slmlab.data.formats import atomic_write_text
-
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        atomic_write_text(path, "".join(line + "\n" for line in lines[:n]))
-
-
 class _LineWriter:
     def __init__(self, path: Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
@@ -139,3 +113,35 @@ class EventsWriter(_LineWriter):
     def on_event(self, event: Event) -> None:
         if self.enabled and event.kind != "step":
             self._write(event.to_json())
+
+
+# --------------------------------------------------------------------------- editing a run's logs (resume, rollback)
+
+
+def count_kinds(path: Path) -> dict[str, int]:
+    """How many events of each kind ``events.jsonl`` holds (a resumed run keeps counting from there)."""
+    from slmlab.io import read_jsonl_tolerant
+
+    counts: dict[str, int] = {}
+    for e in read_jsonl_tolerant(path):
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    return counts
+
+
+def trim_to_step(path: Path, step: int, keep_rolled_back: bool = False) -> None:
+    """Resume from a checkpoint without line counts (older runs): forget lines logged after ``step``
+    (they will be logged again); with ``keep_rolled_back``, lines already marked rolled back stay."""
+    from slmlab.io import atomic_write_text, read_jsonl_tolerant
+
+    if path.exists():
+        kept = [e for e in read_jsonl_tolerant(path) if e["step"] <= step or (keep_rolled_back and e.get("rolled_back"))]
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+
+
+def mark_rolled_back(path: Path, step: int) -> None:
+    """After a rollback to ``step``, keep the later metrics lines but mark them: nothing is lost, nothing is mistaken."""
+    from slmlab.io import atomic_write_text, read_jsonl_tolerant
+
+    if path.exists():
+        lines = [{**m, "rolled_back": True} if m["step"] > step else m for m in read_jsonl_tolerant(path)]
+        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in lines))

@@ -7,10 +7,17 @@ recent *healthy* values above ``z``; OLMo-core uses z > 6 over 128 steps). Healt
 ``breakdown`` (the breakdown regime, which drives seed 004's ladder).
 
 Actions: ``skip``, ``cooldown``, ``rollback`` (to the last checkpoint *confirmed* healthy, past
-the faulty data window, LR backed off — PaLM's manual recipe, automated), ``light_sleep``,
-``deep_sleep`` (:func:`prune_lora`), ``mushroom`` (:func:`perturb_lora` + data reshuffle) and
-``pause``. :class:`HealthPolicy` decides the health-driven ones; the training loop carries all
-of them out and publishes each as an event with its evidence. Definitions: ``docs/watch.md``.
+the faulty data window, LR backed off — PaLM's manual recipe, automated), ``replay`` (earlier
+data at a reduced LR), ``prune`` (a rollback that also drops each LoRA delta's weakest
+directions, :func:`prune_lora`), ``perturb`` (:func:`perturb_lora` + a data reshuffle) and
+``pause``. The research notes call replay, prune and perturb *light sleep*, *deep sleep* and
+*mushroom mode*; those names are accepted as aliases in configs and are the event kinds in
+``events.jsonl``.
+
+:class:`Recovery` is the one object that decides: it owns the spike detector, the health
+policy, checkpoint confirmation, the rollback count, skip windows (the data offset), the
+cooldown and the replay queue. The loop shows it each step's result and each health check and
+carries out the :class:`Decision` it returns. Definitions: ``docs/watch.md``.
 
 Fault injection (for tests and demos): ``nan@STEP`` (the loss at STEP becomes NaN),
 ``lr_spike@STEP:FACTOR`` (the learning rate at STEP is multiplied by FACTOR),
@@ -28,7 +35,11 @@ from pydantic import Field, field_validator, model_validator
 from slmlab.config import StrictModel
 
 DETECTORS = ("nonfinite", "loss_spike", "grad_spike", "danger", "breakdown")
-ACTIONS = ("skip", "cooldown", "rollback", "light_sleep", "deep_sleep", "mushroom", "pause")
+ACTIONS = ("skip", "cooldown", "rollback", "replay", "prune", "perturb", "pause")
+ALIASES = {"light_sleep": "replay", "deep_sleep": "prune", "mushroom": "perturb"}
+"""The research notes' names for the ladder's actions → the names used here."""
+EVENT_KINDS = {"replay": "light_sleep", "prune": "deep_sleep", "perturb": "mushroom"}
+"""Actions whose event kind in events.jsonl is the notes' name (the log format readers rely on)."""
 LADDER = ("cooldown", "light_sleep", "deep_sleep", "mushroom")
 _INJECT = re.compile(r"^(nan|lr_spike|poison)@(\d+)(?::([0-9.eE+-]+))?$")
 
@@ -99,7 +110,16 @@ class RecoveryConfig(StrictModel):
     @field_validator("actions")
     @classmethod
     def _known_actions(cls, v: list[str]) -> list[str]:
-        return _known("action", v, ACTIONS)
+        return _known("action", v, (*ACTIONS, *ALIASES))
+
+    def allows(self, action: str) -> bool:
+        """Is ``action`` (either name) among the allowed actions?"""
+        return canonical(action) in {canonical(a) for a in self.actions}
+
+
+def canonical(action: str) -> str:
+    """``light_sleep`` → ``replay``, ``deep_sleep`` → ``prune``, ``mushroom`` → ``perturb``; others unchanged."""
+    return ALIASES.get(action, action)
 
 
 def _known(kind: str, names: list[str], known: tuple[str, ...]) -> list[str]:
@@ -209,9 +229,9 @@ class SpikeDetector:
 
 
 @dataclass
-class Decision:
+class HealthDecision:
     detector: str  # danger | breakdown
-    action: str | None  # one of ACTIONS, or None: detected, nothing allowed to act
+    action: str | None  # a ladder rung, rollback or pause, or None: detected, nothing allowed to act
     evidence: dict
 
 
@@ -244,7 +264,7 @@ class HealthPolicy:
             return "light_sleep"
         return "cooldown"
 
-    def decide(self, check, cooling: bool) -> Decision | None:
+    def decide(self, check, cooling: bool) -> HealthDecision | None:
         c = self.config
         if not c.enabled:
             return None
@@ -254,7 +274,7 @@ class HealthPolicy:
             return danger  # a rung nobody may act on must not swallow an actionable danger decision
         return decision or danger
 
-    def _breakdown(self, check) -> Decision | None:
+    def _breakdown(self, check) -> HealthDecision | None:
         c = self.config
         if check.regime != "breakdown":
             self.breakdown_steps, self.rungs_done = 0, set()
@@ -268,19 +288,19 @@ class HealthPolicy:
         if rung in self.rungs_done:
             return None
         self.rungs_done.add(rung)
-        allowed = rung == "pause" or rung in c.actions
-        return Decision("breakdown", rung if allowed else None, evidence)
+        allowed = rung == "pause" or c.allows(rung)
+        return HealthDecision("breakdown", rung if allowed else None, evidence)
 
-    def _danger(self, check, cooling: bool) -> Decision | None:
+    def _danger(self, check, cooling: bool) -> HealthDecision | None:
         c = self.config
         self.danger_streak = self.danger_streak + 1 if check.status == "DANGER" else 0
         if self.danger_streak < c.danger_checks:
             return None
         evidence = {"status": check.status, "reasons": check.reasons, "consecutive_checks": self.danger_streak}
         self.danger_streak = 0
-        if "cooldown" in c.actions and not cooling:
-            return Decision("danger", "cooldown", evidence)
-        return Decision("danger", "rollback" if "rollback" in c.actions else None, evidence)
+        if c.allows("cooldown") and not cooling:
+            return HealthDecision("danger", "cooldown", evidence)
+        return HealthDecision("danger", "rollback" if c.allows("rollback") else None, evidence)
 
     def state(self) -> dict:
         return {"danger_streak": self.danger_streak, "breakdown_steps": self.breakdown_steps,
@@ -300,6 +320,253 @@ def cooldown_factor(cooldown: dict | None, step: int) -> float:
     if done >= 1:
         return 1.0
     return cooldown["factor"] + (1 - cooldown["factor"]) * max(0.0, done)
+
+
+# --------------------------------------------------------------------------- the one object that decides
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a step's data comes from. ``position``: the data position the step trains on (the step
+    plus the windows skipped by rollbacks, or an earlier position while replaying); ``fresh``: the last
+    fresh (not replayed) position consumed — what a rollback must skip past."""
+
+    position: int
+    replaying: bool
+    fresh: int
+
+
+@dataclass
+class Decision:
+    """What the loop must do now. ``action``: apply, skip, rollback, prune, cooldown, replay, perturb,
+    pause, fail, or ``None`` (detected; no allowed action). ``event`` holds the action event's data."""
+
+    action: str | None
+    detector: str | None = None
+    detection: dict | None = None  # the evidence, published as a ``detection`` event first
+    reason: str = ""
+    target: object = None  # the rollback checkpoint
+    event: dict = field(default_factory=dict)
+
+
+APPLY = Decision("apply")
+
+
+class Recovery:
+    """Detectors, health policy, checkpoint confirmation, rollbacks, skip windows, cooldown and replay.
+
+    Feed it each step's result (:meth:`on_step`, before the update is applied) and each health
+    check (:meth:`on_health`); it returns a :class:`Decision` and updates its own memory. The loop
+    carries the decision out and reports back what it did (:meth:`rolled_back`,
+    :meth:`on_checkpoint`, :meth:`advance`). ``checkpoints`` answers ``latest_healthy()`` — the
+    checkpoint a rollback would return to, or ``None``. Everything it remembers is in
+    :meth:`state`, saved with every checkpoint, so a resumed run decides exactly as this one would.
+    """
+
+    def __init__(self, config: RecoveryConfig, health_every: int, checkpoints):
+        self.config, self.checkpoints = config, checkpoints
+        self.detector = SpikeDetector(config.window, config.z, config.min_history, config.recent_window)
+        self.policy = HealthPolicy(config, health_every)
+        self.consecutive = 0  # step-level detections in a row
+        self.rollbacks = 0
+        self.data_offset = 0  # data windows skipped by rollbacks (position = step + data_offset)
+        self.reshuffles = 0  # perturb (mushroom) data reshuffles so far
+        self.cooldown: dict | None = None  # {"start", "steps", "factor"}
+        self.replay: list[int] = []  # data positions still to replay
+        self.replay_lr = 1.0
+        self.unconfirmed: list[int] = []  # checkpoint steps waiting for confirm_steps clean steps
+        self.clean_since_save = True
+
+    # ------------------------------------------------------------------ data and learning rate
+
+    def cursor(self, step: int) -> Cursor:
+        if self.replay:
+            return Cursor(self.replay[0], True, step + self.data_offset - 1)
+        position = step + self.data_offset
+        return Cursor(position, False, position)
+
+    def advance(self, cursor: Cursor) -> None:
+        """A step was taken (applied or skipped). A replayed step used old data: the fresh position stays."""
+        if cursor.replaying:
+            self.replay.pop(0)
+            self.data_offset -= 1
+
+    def lr_multiplier(self, step: int) -> float:
+        """The cooldown's factor at ``step`` times the replay factor while replaying."""
+        return cooldown_factor(self.cooldown, step) * (self.replay_lr if self.replay else 1.0)
+
+    # ------------------------------------------------------------------ step-level decisions
+
+    def on_step(self, step: int, loss: float, grad_norm: float | None) -> Decision:
+        """Judge step ``step`` (1-based) from its loss and gradient norm, before it is applied."""
+        c = self.config
+        detection = self.detector.check(loss, grad_norm, kinds=c.detectors)
+        if detection is not None and detection.kind == "nonfinite" and not (c.enabled and "nonfinite" in c.detectors):
+            return Decision("fail", "nonfinite", reason=f"loss is {loss}")
+        if detection is None or not c.enabled:
+            self.consecutive = 0
+            self.detector.accept(loss, grad_norm)
+            return APPLY
+        self.consecutive += 1
+        self._dirty()
+        found = Decision(None, detection.kind, detection.evidence())
+        can_skip, can_rollback = c.allows("skip"), c.allows("rollback")
+        if not can_skip and not can_rollback:
+            return self._pause(found, f"{detection.kind} at step {step}; neither skip nor rollback is an allowed action")
+        skip = Decision("skip", detection.kind, found.detection, event={"detector": detection.kind})
+        if can_rollback and (self.consecutive >= c.rollback_after or not can_skip):
+            return self._rollback(found, "rollback", step, fallback=skip if can_skip else None)
+        return skip
+
+    # ------------------------------------------------------------------ health decisions
+
+    def on_health(self, step: int, check, fresh: int) -> Decision | None:
+        """Judge a health check taken after step ``step``; ``fresh`` is the last fresh data position."""
+        hd = self.policy.decide(check, cooling=cooldown_factor(self.cooldown, step) < 1)
+        if hd is None:
+            return None
+        self._dirty()
+        found = Decision(None, hd.detector, {"detector": hd.detector, "action": hd.action, **hd.evidence})
+        action = canonical(hd.action) if hd.action is not None else None
+        if action is None:
+            return found
+        if action == "pause":
+            steps = hd.evidence.get("consecutive_breakdown_steps")
+            return self._pause(found, f"{hd.detector} persisted for {steps} steps through the recovery ladder")
+        if action == "cooldown":
+            self.cooldown = {"start": step, "steps": self.config.cooldown.steps, "factor": self.config.cooldown.factor}
+            return Decision("cooldown", hd.detector, found.detection, event={"detector": hd.detector, **self.cooldown})
+        if action == "replay":
+            return self._start_replay(found, fresh)
+        if action == "perturb":
+            self.reshuffles += 1
+            return Decision("perturb", hd.detector, found.detection, event={"detector": hd.detector, "reshuffle": self.reshuffles})
+        return self._rollback(found, action, step)
+
+    def _start_replay(self, found: Decision, fresh: int) -> Decision:
+        """Replay the data seen just before the breakdown began (only data already seen), at a reduced LR."""
+        end = max(0, fresh + 1 - self.policy.breakdown_steps)
+        n = self.config.light_sleep.steps
+        self.replay = list(range(max(0, end - n), end)) if end > 0 else list(range(min(n, fresh + 1)))
+        self.replay_lr = self.config.light_sleep.lr_factor
+        event = {"detector": found.detector, "replay_positions": [self.replay[0], self.replay[-1]],
+                 "steps": len(self.replay), "lr_factor": self.replay_lr}
+        return Decision("replay", found.detector, found.detection, event=event)
+
+    def _rollback(self, found: Decision, action: str, step: int, fallback: Decision | None = None) -> Decision:
+        """Roll back (``prune``: and prune) to the latest healthy checkpoint; pause after ``max_rollbacks``.
+        With no healthy checkpoint: ``fallback`` (a skip, where allowed), else pause."""
+        if self.rollbacks >= self.config.max_rollbacks:
+            return self._pause(found, f"{self.rollbacks} rollbacks did not clear {found.detector} at step {step}")
+        target = self.checkpoints.latest_healthy()
+        if target is None:
+            return fallback or self._pause(found, f"{found.detector} at step {step} and no healthy checkpoint to roll back to")
+        event = {"detector": found.detector, "prune_fraction": self.config.deep_sleep.prune_fraction} if action == "prune" else {}
+        return Decision(action, found.detector, found.detection, reason=found.detector, target=target, event=event)
+
+    @staticmethod
+    def _pause(found: Decision, reason: str) -> Decision:
+        return Decision("pause", found.detector, found.detection, reason=reason, event={"reason": reason})
+
+    def _dirty(self) -> None:
+        """A detection: checkpoints taken since the last one must not become rollback targets."""
+        self.clean_since_save = False
+        self.unconfirmed.clear()
+
+    # ------------------------------------------------------------------ what the loop reports back
+
+    def rolled_back(self, checkpoint_state: dict, position: int) -> dict:
+        """The loop restored ``checkpoint_state`` (a checkpoint's saved state): take its memory, count the
+        rollback, skip past ``position`` (the last fresh data consumed). Returns the rollback event's data."""
+        rollbacks, reshuffles = self.rollbacks, self.reshuffles
+        step = checkpoint_state["step"]
+        window = [step + checkpoint_state.get("data_offset", 0), position]
+        policy = self.policy.state()  # escalation memory (ladder rungs, streaks) must keep escalating
+        self.load(checkpoint_state)
+        self.policy.load(policy)
+        self.rollbacks = rollbacks + 1
+        self.data_offset = position + 1 - step  # resume on the data after the faulty window
+        self.reshuffles = reshuffles
+        self.consecutive = 0
+        self.unconfirmed.clear()
+        self.clean_since_save = True  # back on a confirmed-healthy state
+        return {"skipped_data_window": window, "lr_factor": self.config.lr_backoff ** self.rollbacks}
+
+    def healthy(self, last_check) -> bool:
+        """No enabled health detector objects to the last check (a heuristic nobody asked to act on does not veto)."""
+        if last_check is None:
+            return True
+        d = self.config.detectors
+        return not (("danger" in d and last_check.status == "DANGER") or ("breakdown" in d and last_check.regime == "breakdown"))
+
+    def confirmable(self, step: int) -> list[int]:
+        """Checkpoints that have now had ``confirm_steps`` clean steps: they become rollback targets."""
+        due = [s for s in self.unconfirmed if step - s >= self.config.confirm_steps]
+        self.unconfirmed = [s for s in self.unconfirmed if s not in due]
+        return due
+
+    def checkpoint_candidate(self, last_check) -> bool:
+        """May a checkpoint taken now become a rollback target? Yes when no detection happened since the
+        last save and the last health check is healthy. A new clean window starts either way."""
+        candidate = self.clean_since_save and self.healthy(last_check)
+        self.clean_since_save = True
+        return candidate
+
+    def on_checkpoint(self, step: int, candidate: bool, *, confirmed: bool = False) -> bool:
+        """A checkpoint is being taken at ``step``; returns whether it is a rollback target already.
+
+        A ``candidate`` waits ``confirm_steps`` clean steps (:meth:`confirmable`) before it counts:
+        damage shows a step or more after the step that did it. ``confirmed``: the state is known
+        healthy (a rollback re-saving its target).
+        """
+        healthy = confirmed or (candidate and self.config.confirm_steps == 0)
+        if candidate and not healthy:
+            self.unconfirmed.append(step)
+        return healthy
+
+    # ------------------------------------------------------------------ memory
+
+    def state(self) -> dict:
+        return {"policy": self.policy.state(), "detector": self.detector.state(), "consecutive": self.consecutive,
+                "unconfirmed": list(self.unconfirmed), "data_offset": self.data_offset, "rollbacks": self.rollbacks,
+                "reshuffles": self.reshuffles, "cooldown": self.cooldown, "replay": list(self.replay),
+                "replay_lr": self.replay_lr}
+
+    def load(self, state: dict) -> None:
+        self.policy.load(state.get("policy", {}))
+        self.detector.load(state.get("detector", {}))
+        self.consecutive = state.get("consecutive", 0)
+        self.unconfirmed = list(state.get("unconfirmed", []))
+        self.data_offset, self.rollbacks = state.get("data_offset", 0), state.get("rollbacks", 0)
+        self.reshuffles, self.cooldown = state.get("reshuffles", 0), state.get("cooldown")
+        self.replay, self.replay_lr = list(state.get("replay", [])), state.get("replay_lr", 1.0)
+
+
+class FaultInjector:
+    """Fault injection for tests and demos. nan/poison follow the data position (a rollback that
+    skips the window escapes them, as it would a real bad batch); lr_spike follows the step.
+    Each fires once; what has fired is saved with checkpoints."""
+
+    def __init__(self, specs: list[str], fired: list | None = None):
+        self.injections = [Injection.parse(x) for x in specs]
+        self.fired: set[Injection] = {Injection(k, s, v) for k, s, v in (fired or [])}
+
+    def due(self, step: int, position: int) -> dict[str, float]:
+        """Faults to apply at 1-based ``step`` on 1-based data ``position``."""
+        due = {}
+        for inj in self.injections:
+            if inj in self.fired:
+                continue
+            hit = step == inj.step if inj.kind == "lr_spike" else (
+                inj.step <= position < inj.step + (int(inj.value) if inj.kind == "poison" else 1))
+            if hit:
+                due[inj.kind] = inj.value
+                if inj.kind != "poison" or position == inj.step + int(inj.value) - 1:
+                    self.fired.add(inj)
+        return due
+
+    def state(self) -> list:
+        return sorted([i.kind, i.step, i.value] for i in self.fired)
 
 
 # --------------------------------------------------------------------------- adapter surgery

@@ -12,8 +12,9 @@ from html import escape
 from pathlib import Path
 
 from slmlab.evaluate.report import line_chart, table, write_report
+from slmlab.io import read_jsonl_tolerant
 from slmlab.watch.dashboard import check_run_dir, describe, fmt, num, read_config, read_results
-from slmlab.watch.events import ACTION_KINDS, MARKER_KINDS, Event, read_jsonl
+from slmlab.watch.events import ACTION_KINDS, MARKER_KINDS, Event
 
 MARKER_COLOURS = {
     "detection": "#e67e22", "skip": "#7f8c8d", "cooldown": "#3498db", "rollback": "#c0392b",
@@ -38,9 +39,9 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
     """Write ``run_dir/report.html`` (or ``path``) and return where it went."""
     run_dir = check_run_dir(run_dir)
     config, results = read_config(run_dir), read_results(run_dir) or {}
-    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if isinstance(m, dict) and "step" in m]
+    metrics = [m for m in read_jsonl_tolerant(run_dir / "metrics.jsonl") if isinstance(m, dict) and "step" in m]
     events = []
-    for record in read_jsonl(run_dir / "events.jsonl"):
+    for record in read_jsonl_tolerant(run_dir / "events.jsonl"):
         try:
             events.append(Event.from_json(record))
         except (KeyError, TypeError, ValueError):

@@ -1,4 +1,5 @@
-"""Training objectives over supervised-token log-probabilities.
+"""What every objective shares: the model wrapper that returns supervised-token log-probs,
+the loss parts an objective returns, and per-example sums.
 
 The language-model head runs only at supervised positions: on prompt-heavy data
 (a 20-token puzzle, a 2-token answer) most positions have no target, and the head
@@ -6,7 +7,7 @@ The language-model head runs only at supervised positions: on prompt-heavy data
 the model. Selecting the positions first changes nothing in the maths.
 
 Every objective returns the *sum* of its per-token (SFT) or per-example (DPO, ORPO)
-terms together with the count it should be normalised by; the loop divides by the
+terms together with the count it should be normalised by; the step divides by the
 count over the whole accumulated step, so micro-batching never changes the gradient.
 """
 
@@ -87,14 +88,6 @@ class LossParts:
     logs: dict[str, float]
 
 
-def sft_loss(model: SupervisedLM, batch: dict) -> LossParts:
-    context = batch if "context_ids" in batch else None
-    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"], context=context)
-    nll = -logp.sum()
-    n = float(logp.numel())
-    return LossParts(nll, n, {"nll_sum": nll.item(), "tokens": n})
-
-
 def per_example_sums(values: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sum per-token values by example; returns (example ids, sums, token counts), ids ascending."""
     mask = batch["targets"] != IGNORE
@@ -105,60 +98,10 @@ def per_example_sums(values: torch.Tensor, batch: dict) -> tuple[torch.Tensor, t
     return ids, sums, counts
 
 
-def _chosen_rejected(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def chosen_rejected(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Preference batches encode pair k as example ids 2k (chosen) and 2k+1 (rejected)."""
     by_id = dict(zip(ids.tolist(), range(len(ids))))
     pairs = sorted({i // 2 for i in by_id})
     chosen = torch.stack([values[by_id[2 * k]] for k in pairs])
     rejected = torch.stack([values[by_id[2 * k + 1]] for k in pairs])
     return chosen, rejected
-
-
-def dpo_loss(model: SupervisedLM, batch: dict, beta: float = 0.1) -> LossParts:
-    """Sigmoid DPO (Rafailov et al. 2023): -log σ(β[(π_c − ref_c) − (π_r − ref_r)]), summed over pairs."""
-    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
-    ref = model(batch["input_ids"], batch["position_ids"], batch["targets"], reference=True)
-    ids, pol_sum, _ = per_example_sums(logp, batch)
-    _, ref_sum, _ = per_example_sums(ref, batch)
-    pc, pr = _chosen_rejected(ids, pol_sum)
-    rc, rr = _chosen_rejected(ids, ref_sum)
-    margin = beta * ((pc - rc) - (pr - rr))
-    losses = -F.logsigmoid(margin)
-    return LossParts(
-        losses.sum(),
-        float(len(losses)),
-        {"reward_margin_sum": margin.sum().item() / beta, "reward_acc_sum": (margin > 0).float().sum().item(), "pairs": len(losses)},
-    )
-
-
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 − exp(x)) for x < 0, accurate near 0 too (Mächler 2012)."""
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
-def orpo_loss(model: SupervisedLM, batch: dict, lam: float = 0.1) -> LossParts:
-    """ORPO (Hong et al. 2024): NLL(chosen) + λ·(−log σ(log odds_c − log odds_r)), per pair.
-
-    Log-probabilities are averaged per completion token and ``log odds = log p − log(1 − p)``.
-    The odds-ratio term equals TRL's (which calls λ ``beta``). The NLL term follows the
-    paper: completion tokens of the chosen answer, averaged per pair. TRL's ORPOTrainer
-    instead averages the NLL over prompt *and* completion tokens of the whole batch;
-    ``benchmarks/parity_trl.py`` shows the two agree once that convention is matched.
-    """
-    logp = model(batch["input_ids"], batch["position_ids"], batch["targets"])
-    ids, sums, counts = per_example_sums(logp, batch)
-    # log(1 − p) is −inf at p = 1; keep the mean strictly below 0 so gradients stay finite.
-    mean_logp = (sums / counts).clamp(max=-1e-7)
-    c, r = _chosen_rejected(ids, mean_logp)
-    log_odds = (c - r) - (_log1mexp(c) - _log1mexp(r))
-    ratio = -F.logsigmoid(log_odds)
-    nll = -c  # per-token mean NLL of the chosen completion, per pair
-    losses = nll + lam * ratio
-    return LossParts(
-        losses.sum(),
-        float(len(losses)),
-        {"nll_sum": nll.sum().item(), "or_sum": ratio.sum().item(), "pairs": len(losses)},
-    )
-
-
-OBJECTIVES = {"sft": sft_loss, "dpo": dpo_loss, "orpo": orpo_loss}

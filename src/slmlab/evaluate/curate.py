@@ -19,7 +19,8 @@ import json
 import random
 from pathlib import Path
 
-from slmlab.data.formats import atomic_write_text, read_jsonl, write_jsonl
+from slmlab.evaluate.basin_map import read_map
+from slmlab.io import atomic_write_text, read_jsonl, write_jsonl
 
 
 def category_factors(basin_map: dict, categories: list[str], *, min_factor: float = 0.25, max_factor: float = 2.0,
@@ -45,8 +46,6 @@ def category_factors(basin_map: dict, categories: list[str], *, min_factor: floa
 
 def curate_dataset(dataset: str | Path, map_path: str | Path, out: str | Path, *, seed: int = 0, **factor_options) -> dict:
     """Write the reweighted dataset to ``out`` and the report to ``out`` + ``.curation.json``; return the report."""
-    from slmlab.evaluate.basin_map import read_map
-
     records = read_jsonl(dataset)
     basin_map = read_map(map_path)
     by_cat: dict[str, list[dict]] = {}
