@@ -15,7 +15,7 @@ from rich.table import Table
 
 from slmlab.console import console, err_console, print_dataset_summary
 from slmlab.console import quiet_transformers as _quiet_transformers
-from slmlab.errors import SlmlabError
+from slmlab.errors import RunInterrupted, SlmlabError
 from slmlab.steer.cli import steer_app
 
 app = typer.Typer(
@@ -267,6 +267,9 @@ def train_cmd(
         if dashboard is not None:
             overrides.append(f"watch.dashboard={str(dashboard).lower()}")
         result = run(load_train_config(config, overrides))
+    if result.note:
+        console.print(result.note)
+        return
     t = result.summary.get("train", {})
     held_out = f"eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "no eval set (set data.eval)"
     console.print(f"{result.status}: {result.steps} steps, final loss {_loss_text(t.get('final_loss'))}, {held_out}; "
@@ -527,6 +530,12 @@ def demo_cmd(
 def main() -> None:
     try:
         app()
+    except RunInterrupted as exc:  # Ctrl-C or SIGTERM during training: recorded, resumable
+        err_console.print(f"[yellow]interrupted:[/yellow] {exc}", highlight=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
     except SlmlabError as exc:
         if os.environ.get("SLMLAB_DEBUG"):
             raise

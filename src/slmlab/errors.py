@@ -14,6 +14,10 @@ class SlmlabError(ValueError):
     """An error caused by user input or environment, with a message that says how to fix it."""
 
 
+class RunInterrupted(SlmlabError):
+    """Ctrl-C or SIGTERM stopped a run; it is recorded as ``interrupted`` and the message says how to resume."""
+
+
 class ModelNotAvailable(SlmlabError):
     """A model spec that cannot be loaded on this machine (unknown, or not available offline)."""
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from typing import Any
 import yaml
 
 from slmlab.console import err_console
+from slmlab.errors import RunInterrupted, SlmlabError
 from slmlab.io import atomic_write_text, truncate_lines, write_json
 from slmlab.runs import record_run
 from slmlab.train.checkpoint import RollbackTargets, discard_checkpoints_after, latest_checkpoint, load_checkpoint, mark_healthy, save_checkpoint
@@ -43,7 +47,7 @@ from slmlab.watch.events import (
 )
 from slmlab.watch.recovery import EVENT_KINDS, Decision, FaultInjector, Recovery, perturb_lora, prune_lora
 
-__all__ = ["RunResult", "TrainingError", "build_model", "finish", "fit", "resume_run", "run", "setup"]
+__all__ = ["RunInterrupted", "RunResult", "TrainingError", "build_model", "finish", "fit", "resume_run", "run", "setup"]
 
 
 @dataclass
@@ -54,6 +58,7 @@ class RunResult:
     eval_loss: float | None
     status: str
     summary: dict = field(default_factory=dict)
+    note: str = ""  # e.g. why nothing was done
 
 
 @dataclass
@@ -112,14 +117,24 @@ def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult
     interrupt a run).
     """
     r = setup(config, resume=resume)
-    with r.view:
-        fit(r, on_step=on_step)
+    try:
+        with r.view, TerminateAsInterrupt():
+            fit(r, on_step=on_step)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (turned into one above)
+        raise _interrupted(r) from None
     return finish(r)
 
 
 def resume_run(run_dir: str | Path, on_step=None) -> RunResult:
-    """Continue a run from its last checkpoint, with its own saved config."""
+    """Continue a run from its last checkpoint, with its own saved config.
+
+    A run that already completed is left as it is (its results, report and index row are
+    kept): the result says so in ``note``.
+    """
     run_dir = Path(run_dir)
+    finished = _completed(run_dir)
+    if finished is not None:
+        return finished
     config = load_train_config(run_dir / "config.yaml")
     if config.run_dir.resolve() != run_dir.resolve():
         # The run was moved: keep its name, point output_dir at where it is now.
@@ -140,15 +155,20 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
     _check_trackers(config.trackers)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None,
                               project_dir=str(config.run_dir))
-    _claim_run_dir(config, accelerator, resume)
+    created = _claim_run_dir(config, accelerator, resume)
     objective = build_objective(config.objective)
-    # Data first: a bad dataset must fail before a model is loaded. The main process
-    # generates first; the others regenerate the same bytes (generation is deterministic).
-    tokenizer = load_tokenizer(config.model)
-    with accelerator.main_process_first():
-        data = prepare_data(config, config.run_dir, tokenizer, objective)
-    unit_list = units(data.train, objective.unit_size)
-    categories = _checked_categories(config, unit_list, data.categories)
+    try:
+        # Data first: a bad dataset must fail before a model is loaded. The main process
+        # generates first; the others regenerate the same bytes (generation is deterministic).
+        tokenizer = load_tokenizer(config.model)
+        with accelerator.main_process_first():
+            data = prepare_data(config, config.run_dir, tokenizer, objective)
+        unit_list = units(data.train, objective.unit_size)
+        categories = _checked_categories(config, unit_list, data.categories)
+    except SlmlabError:
+        if created and accelerator.is_main_process:  # nothing was claimed: leave no empty run folder
+            shutil.rmtree(config.run_dir, ignore_errors=True)
+        raise
     world = accelerator.num_processes
     per_epoch = DataPlan(unit_list, config.batch_size, config.grad_accum, world, config.seed).steps_per_epoch
     # As in transformers: max_steps, when given, overrides epochs (the data cycles).
@@ -173,16 +193,19 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
     return r
 
 
-def _claim_run_dir(config: TrainConfig, accelerator, resume: bool) -> None:
+def _claim_run_dir(config: TrainConfig, accelerator, resume: bool) -> bool:
+    """Check the run dir may be used and create it; returns whether this call created it."""
     run_dir = config.run_dir
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise TrainingError(f"{run_dir}: nothing to resume (no config.yaml)")
     elif (run_dir / "config.yaml").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose another name")
+    created = not run_dir.exists()
     accelerator.wait_for_everyone()  # every process has checked before the main one writes
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def _checked_categories(config: TrainConfig, unit_list: list, record_categories: list[str]) -> list[str] | None:
@@ -258,10 +281,14 @@ def _restore(r: Run, resume: bool) -> dict:
     ckpt = latest_checkpoint(r.run_dir) if resume else None
     if ckpt is None:
         if r.main:  # a fresh start (or a resume with nothing saved yet) starts fresh logs
+            if resume:
+                err_console.print(f"resuming {r.run_dir}: no checkpoint yet, starting from step 0")
             metrics_path.unlink(missing_ok=True)
             events_path.unlink(missing_ok=True)
         return {}
     saved = load_checkpoint(ckpt, r.state)
+    if r.main:
+        err_console.print(f"resuming {r.run_dir} from step {r.state.step} ({ckpt.name}) of {r.total_steps}")
     r.elapsed_before = saved["elapsed"]
     r.recovery.load(saved)
     r.faults = FaultInjector(r.config.inject, saved.get("fired", []))
@@ -288,7 +315,8 @@ def _attach_observers(r: Run, resumed: dict) -> None:
     r.bus.counts = count_kinds(r.run_dir / "events.jsonl") if resumed else {}
     r.metrics = MetricsWriter(r.run_dir / "metrics.jsonl", enabled=r.main)
     r.events = EventsWriter(r.run_dir / "events.jsonl", enabled=r.main)
-    r.view = live_view(r.config.name, r.config.watch.dashboard, r.total_steps, r.state.step, r.main)
+    w = r.config.watch
+    r.view = live_view(r.config.name, w.dashboard, r.total_steps, r.state.step, r.main, w.progress_seconds)
     for observer in (r.metrics, r.events, r.view):
         r.bus.subscribe(observer)
     if r.config.watch.enabled:
@@ -529,6 +557,60 @@ def _confirm_checkpoints(r: Run) -> None:
             mark_healthy(path)
             r.bus.publish("checkpoint_confirmed", r.state.step, path=str(path.relative_to(r.run_dir)),
                           checkpoint_step=ckpt_step)
+
+
+# =========================================================================== interruption and completed runs
+
+
+class TerminateAsInterrupt:
+    """While active (main thread only), SIGTERM raises KeyboardInterrupt, so a terminated run ends as a Ctrl-C does."""
+
+    def __enter__(self) -> TerminateAsInterrupt:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interrupted(r: Run) -> RunInterrupted:
+    """Record the run as interrupted at its last checkpoint (results.json, runs index); the error says how to resume."""
+    ckpt = latest_checkpoint(r.run_dir)
+    step = int(ckpt.name.split("-")[1]) if ckpt is not None else 0
+    command = f"slmlab train --resume {r.run_dir}"
+    if r.main:
+        summary = {"run": {"name": r.config.name, "model": r.config.model, "status": "interrupted", "steps": step,
+                           "total_steps": r.total_steps, "interrupted_at_step": r.state.step, "resume": command}}
+        write_json(r.run_dir / "results.json", summary)
+        record_run(r.run_dir, name=r.config.name, status="interrupted", model=r.config.model,
+                   objective=r.config.objective.kind, config_yaml=r.config_yaml, step=step, summary=summary)
+    lost = f"; steps {step + 1}-{r.state.step} were not checkpointed and will be retrained" if r.state.step > step else ""
+    return RunInterrupted(f"{r.run_dir}: interrupted at step {r.state.step}; last checkpoint step {step}{lost}. "
+                          f"Resume with: {command}")
+
+
+def _completed(run_dir: Path) -> RunResult | None:
+    """The record of a run that already completed, or None (a resume then continues it)."""
+    from slmlab.io import read_json
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    run_info, train = summary.get("run", {}), summary.get("train", {})
+    if run_info.get("status") != "completed":
+        return None
+    steps = run_info.get("steps", 0)
+    note = f"nothing to resume: {run_dir} already completed {steps} steps; its results are kept"
+    return RunResult(run_dir, steps, [], train.get("eval_loss"), "completed", summary, note=note)
 
 
 # =========================================================================== finish

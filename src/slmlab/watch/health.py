@@ -94,6 +94,8 @@ class WatchConfig(StrictModel):
     status: StatusThresholds = Field(default_factory=StatusThresholds)
     regimes: RegimeThresholds = Field(default_factory=RegimeThresholds)
     dashboard: bool | None = Field(None, description="Live dashboard; null: when the output is a terminal.")
+    progress_seconds: float = Field(30.0, ge=0, description="Without a terminal (CI, `| tee`): print a plain progress "
+                                    "line at most this often (0: every logged step).")
 
 
 # --------------------------------------------------------------------------- pure functions
