@@ -86,3 +86,32 @@ def test_train_without_an_eval_set_says_so(monkeypatch, capsys, tmp_path):
     code, out, err = run_main(monkeypatch, capsys, "train", str(cfg))
     assert code in (0, None), err
     assert "completed: 2 steps, final loss " in out and "no eval set (set data.eval)" in out and "nan" not in out
+
+
+def test_user_text_in_tables_is_not_read_as_markup():
+    res = runner.invoke(app, ["data", "recipes"], terminal_width=400)
+    assert res.exit_code == 0 and "[tool:{json}]" in res.output and "slmlab compare" not in res.output
+
+
+def test_generate_escapes_flag_reads_backslash_n_as_a_newline():
+    from slmlab.cli import unescape
+
+    assert unescape(r"Q: P→Q,P?Q\nA:") == "Q: P→Q,P?Q\nA:"
+    assert unescape(r"a\\nb\tc\q") == "a\\nb\tc\\q"
+
+
+def test_demo_is_the_quickstart_under_another_name():
+    shown = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert "quickstart" in shown and " demo " not in shown  # one name listed, the alias still works
+    assert runner.invoke(app, ["demo", "--help"]).exit_code == 0
+
+
+def test_a_missing_data_file_fails_before_anything_loads(monkeypatch, capsys, tmp_path):
+    import slmlab.models
+
+    monkeypatch.setattr(slmlab.models, "load_tokenizer", lambda *a, **k: pytest.fail("loaded before checking the data path"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'runs'}\ndata: {{train: {tmp_path / 'nope.jsonl'}}}\n")
+    code, _, err = run_main(monkeypatch, capsys, "train", str(cfg))
+    assert code == 2 and "data.train" in err and "nope.jsonl: no such file" in err and "Traceback" not in err
+    assert "sets no `model:`; training the default smollm2-135m" in err

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from slmlab.console import console, err_console, print_dataset_summary
+from slmlab.console import Table, console, err_console, plain, print_dataset_summary
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import RunInterrupted, SlmlabError
 from slmlab.steer.cli import steer_app
@@ -45,9 +45,19 @@ def models_cmd() -> None:
     for col in ("spec", "description", "ready", "location"):
         table.add_column(col)
     for info in describe_specs():
-        table.add_row(info.spec, info.description, "yes" if info.ready else "[red]no[/red]", info.location)
+        table.add_row(info.spec, info.description, "yes" if info.ready else Text("no", style="red"), info.location)
     console.print(table)
     console.print("Any local model directory, or a Hugging Face id already in the local cache, also works.")
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t``, ``\\\\`` → newline, tab, backslash; any other backslash stays (glyphs and unicode untouched)."""
+    import re
+
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @app.command("generate")
@@ -55,6 +65,8 @@ def generate_cmd(
     prompt: str = typer.Argument(..., help="The prompt text."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec, local directory or cached HF id."),
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    escapes: bool = typer.Option(False, "--escapes", "-e", help="Read \\n, \\t and \\\\ in PROMPT as newline, tab and backslash "
+                                 "(a shell passes them literally)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same text)."),
@@ -65,11 +77,15 @@ def generate_cmd(
 
     Example: [bold]slmlab generate --model smollm2-135m "What is modus ponens?"[/bold]
 
+    A raw few-shot prompt with line breaks: [bold]slmlab generate --raw -e "Q: P→Q,P?Q\\nA:"[/bold]
+
     With concept readout: [bold]slmlab generate --readout vectors/ "Tell me about your day"[/bold]
     """
     from slmlab.evaluate.generate import format_prompt, generate
     from slmlab.models import load
 
+    if escapes:
+        prompt = unescape(prompt)
     _quiet_transformers()
     mdl, tok = load(model)
     if readout_dir is not None:
@@ -266,7 +282,11 @@ def train_cmd(
         overrides = set_ + ([f"inject={inject!r}"] if inject else [])
         if dashboard is not None:
             overrides.append(f"watch.dashboard={str(dashboard).lower()}")
-        result = run(load_train_config(config, overrides))
+        cfg = load_train_config(config, overrides)
+        if "model" not in cfg.model_fields_set:
+            err_console.print(f"note: {plain(config)} sets no `model:`; training the default {cfg.model} "
+                              "(add `model: ...` to the config to choose, or to silence this)")
+        result = run(cfg)
     if result.note:
         console.print(result.note)
         return
@@ -336,7 +356,7 @@ def export_cmd(
 ) -> None:
     """Write a run's model as a standalone Hugging Face model directory (LoRA merged).
 
-    Example: [bold]slmlab export runs/quickstart --merge -o models/quickstart[/bold]
+    Example: [bold]slmlab export runs/lora-v6-golden --merge -o models/lora-v6-golden[/bold]
     """
     from slmlab.train.export import export_run
 
@@ -354,7 +374,7 @@ def eval_cmd(
 ) -> None:
     """Run an evaluation suite and print each metric's mean ± standard error.
 
-    Example: [bold]slmlab eval logic --model smollm2-135m --adapter runs/quickstart -o results/logic.json[/bold]
+    Example: [bold]slmlab eval logic --model smollm2-135m --adapter runs/lora-v6-golden -o results/logic.json[/bold]
     """
     from slmlab.evaluate.suites import run_suite
 
@@ -509,7 +529,7 @@ def data_curate_cmd(
 
 
 @app.command("quickstart")
-@app.command("demo")
+@app.command("demo", hidden=True)  # the same command under the name `make demo` suggests
 def demo_cmd(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Where the quickstart writes its dataset, run and report."),
     n_eval: int = typer.Option(60, "--n-eval", min=1, help="Held-out puzzles to ask the model (the table shows 20)."),
@@ -518,6 +538,8 @@ def demo_cmd(
     basins: bool = typer.Option(True, "--basins/--no-basins", help="Also map basins on the 49-prompt corpus before and after."),
 ) -> None:
     """The quickstart: generate v6-golden, measure the base model, fine-tune a LoRA briefly, measure again, write report.html.
+
+    `slmlab demo` is the same command. The run lands in OUT/train (default runs/quickstart/train).
 
     Example: [bold]slmlab quickstart --train-minutes 4[/bold]
     """
@@ -531,7 +553,7 @@ def main() -> None:
     try:
         app()
     except RunInterrupted as exc:  # Ctrl-C or SIGTERM during training: recorded, resumable
-        err_console.print(f"[yellow]interrupted:[/yellow] {exc}", highlight=False)
+        err_console.print(f"[yellow]interrupted:[/yellow] {plain(exc)}", highlight=False)
         sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
@@ -539,7 +561,7 @@ def main() -> None:
     except SlmlabError as exc:
         if os.environ.get("SLMLAB_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {plain(exc)}", highlight=False)
         sys.exit(2)
 
 

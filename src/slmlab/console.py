@@ -1,14 +1,35 @@
 """Shared terminal output for the CLIs: one stdout console, one stderr console, quiet transformers,
-and the printers more than one command uses (the dataset summary: `slmlab data generate`, the demo)."""
+a table that never reads user text as markup, and the printers more than one command uses (the
+dataset summary: `slmlab data generate`, the demo).
+
+Rich reads ``[...]`` in strings as markup, so user text such as ``[tool:{json}]`` or a path with
+brackets would vanish. Every table the CLIs build is a :class:`Table` from here, whose string cells
+are plain text; our own styling goes in as ``Text(..., style=...)``. Messages that embed user
+text pass it through :func:`plain`.
+"""
 
 from __future__ import annotations
 
+from rich import table as _rich_table
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 console = Console()
 # soft_wrap: "file:line: message" stays one line, so it can be grepped and clicked.
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+class Table(_rich_table.Table):
+    """A rich table whose ``str`` cells are plain text, never markup."""
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        super().add_row(*(Text(c) if isinstance(c, str) else c for c in renderables), **kwargs)
+
+
+def plain(value) -> str:
+    """``value`` as text safe to embed in a markup string (``[`` is not read as a style)."""
+    return escape(str(value))
 
 
 def quiet_transformers() -> None:
@@ -35,7 +56,7 @@ def print_dataset_summary(manifest: dict) -> None:
         tr = manifest["splits"]["train"]["categories"].get(cat, 0)
         te = manifest["splits"]["test"]["categories"].get(cat, 0)
         table.add_row(cat, str(tr), str(te), f"{n / total:.1%}")
-    table.add_row("[bold]total[/bold]", str(manifest["splits"]["train"]["count"]), str(manifest["splits"]["test"]["count"]), "100%")
+    table.add_row(Text("total", style="bold"), str(manifest["splits"]["train"]["count"]), str(manifest["splits"]["test"]["count"]), "100%")
     console.print(table)
     answers = manifest["all"]["answers"]
     if answers:

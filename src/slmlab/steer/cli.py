@@ -73,7 +73,7 @@ def quality_cmd(
 
     Example: [bold]slmlab steer quality runs/steer --corpus examples/steer --model smollm2-135m[/bold]
     """
-    from rich.table import Table
+    from slmlab.console import Table
 
     from slmlab.steer.quality import quality
 

@@ -153,6 +153,7 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
     from slmlab.models import load_tokenizer
 
     _check_trackers(config.trackers)
+    _check_inputs(config)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=config.trackers or None,
                               project_dir=str(config.run_dir))
     created = _claim_run_dir(config, accelerator, resume)
@@ -191,6 +192,13 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
         record_run(config.run_dir, name=config.name, status="running", model=config.model,
                    objective=config.objective.kind, config_yaml=config_yaml, step=state.step)
     return r
+
+
+def _check_inputs(config: TrainConfig) -> None:
+    """Every input path exists before anything (tokenizer, model) is loaded."""
+    for key, value in (("data.train", config.data.train), ("data.eval", config.data.eval)):
+        if value is not None and not Path(value).is_file():
+            raise TrainingError(f"{key}: {value}: no such file")
 
 
 def _claim_run_dir(config: TrainConfig, accelerator, resume: bool) -> bool:
