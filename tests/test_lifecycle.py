@@ -105,3 +105,28 @@ def test_a_signal_during_training_records_an_interrupted_run_and_the_resume_comm
     assert results["run"]["status"] == "interrupted" and ckpt_step >= 4 and ckpt_step % 2 == 0
     (row,) = list_runs(tmp_path / "runs")
     assert (row.status, row.step) == ("interrupted", ckpt_step)
+
+
+def test_a_resume_asked_for_more_steps_follows_the_new_schedule(tmp_path):
+    """The schedule's shape comes from the config, not the checkpoint: more steps, a longer schedule."""
+    from slmlab.train.loop import resume_run, run
+    from slmlab.train.state import schedule_factor
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step, metrics):
+        if step == 3:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        run(load_train_config(data=_base(tmp_path, max_steps=4)), on_step=stop_at_3)
+    run_dir = tmp_path / "runs" / "life"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "max_steps": 8}))
+    resumed = resume_run(run_dir)
+    assert resumed.steps == 8
+    lrs = {m["step"]: m["lr"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    for step in range(3, 9):  # steps 3.. were taken after the resume from step 2
+        assert lrs[step] == pytest.approx(1e-2 * schedule_factor(step - 1, kind="cosine", total_steps=8)), step
+    assert lrs[7] > 0

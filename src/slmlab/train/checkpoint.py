@@ -84,7 +84,7 @@ def save_checkpoint(run_dir: Path, state, *, info: dict, keep: int, keep_healthy
     torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state.scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
-    record = {**info, "step": state.step, "tokens_seen": state.tokens_seen, "adapter": state.adapter}
+    record = {"step": state.step, **info, "tokens_seen": state.tokens_seen, "adapter": state.adapter}
     atomic_write_text(tmp / "state.json", json.dumps(record, indent=2) + "\n")
     # Overwriting (a rollback re-saves its target): move the old one aside first, so a kill at any
     # moment leaves a complete step-N or its .old copy, never neither.

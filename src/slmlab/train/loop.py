@@ -191,6 +191,7 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
     if r.main:
         record_run(config.run_dir, name=config.name, status="running", model=config.model,
                    objective=config.objective.kind, config_yaml=config_yaml, step=state.step)
+    r.started = time.perf_counter()  # elapsed counts training time (plus what a resumed run had)
     return r
 
 
@@ -299,6 +300,9 @@ def _restore(r: Run, resume: bool) -> dict:
         err_console.print(f"resuming {r.run_dir} from step {r.state.step} ({ckpt.name}) of {r.total_steps}")
     r.elapsed_before = saved["elapsed"]
     r.recovery.load(saved)
+    # The rate of the next step from the config's schedule (identical to the saved one unless the
+    # config asks for a different length now).
+    r.state.set_lr(r.recovery.lr_multiplier(r.state.step))
     r.faults = FaultInjector(r.config.inject, saved.get("fired", []))
     r.phase_index = saved.get("phase_index", -1)
     if saved.get("reshuffles"):

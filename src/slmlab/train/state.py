@@ -12,6 +12,7 @@ config (the server's online training, the kernel).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -139,27 +140,27 @@ def _is_tied(model, name: str) -> bool:
 
 
 def lr_schedule(optimizer, kind: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-    """Linear warmup, then cosine, linear or constant down to ``min_lr_ratio`` of the peak."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, ScheduleShape(kind, total_steps, warmup_steps, min_lr_ratio))
+    """Linear warmup, then cosine, linear or constant down to ``min_lr_ratio`` of the peak.
+
+    The shape is a ``functools.partial`` of :func:`schedule_factor`: LambdaLR saves a callable
+    object's ``__dict__`` in its state dict and a partial keeps its arguments elsewhere, so a
+    checkpoint carries the step count and base rates while the shape always comes from the
+    config (a resumed run asked for more steps follows the new length).
+    """
+    shape = functools.partial(schedule_factor, kind=kind, total_steps=total_steps, warmup_steps=warmup_steps,
+                              min_lr_ratio=min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
 
-@dataclass(frozen=True)
-class ScheduleShape:
-    """The LR multiplier at a step (a named object, not a closure, so it pickles and prints)."""
-
-    kind: str
-    total_steps: int
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        if self.kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1 - progress
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * shape
+def schedule_factor(step: int, *, kind: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
+    """The LR multiplier at ``step``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+    return min_lr_ratio + (1 - min_lr_ratio) * shape
 
 
 def new_state(model, *, optimizer: str = "adamw", lr: float = 2e-4, weight_decay: float = 0.0,
