@@ -16,6 +16,7 @@ from rich.text import Text
 from slmlab.console import Table, console, err_console, plain, print_dataset_summary
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import RunInterrupted, SlmlabError
+from slmlab.outputs import OVERWRITE_HELP
 from slmlab.steer.cli import steer_app
 
 app = typer.Typer(
@@ -138,16 +139,17 @@ def data_generate_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     count: int | None = typer.Option(None, "--count", "-c", min=1, help="Total examples (keeps the recipe's proportions)."),
     seed: int | None = typer.Option(None, "--seed", "-s", help="Override the recipe's seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Generate a dataset: OUT/train.jsonl, OUT/test.jsonl and OUT/manifest.json.
 
-    Same recipe and seed give byte-identical files.
+    Same recipe and seed give byte-identical files. A non-empty OUT is refused unless --overwrite.
 
     Example: [bold]slmlab data generate v6-golden --count 6650 -o data/v6[/bold]
     """
     from slmlab.data.recipes import generate_dataset
 
-    result = generate_dataset(recipe, out, count=count, seed=seed)
+    result = generate_dataset(recipe, out, count=count, seed=seed, overwrite=overwrite)
     print_dataset_summary(result.manifest)
     console.print(f"wrote {out}/train.jsonl, {out}/test.jsonl, {out}/manifest.json (content hash {result.manifest['content_hash'][:12]})")
 
@@ -161,12 +163,18 @@ def data_inspect_cmd(
 
     Example: [bold]slmlab data inspect data/v6/train.jsonl[/bold]
     """
-    from slmlab.data.check import inspect_file
+    from slmlab.data.check import inspect_file, read_dataset
     from slmlab.models import load_tokenizer
 
+    dataset = read_dataset(file)  # a file that is not UTF-8 JSONL, or has no records, fails before a tokenizer loads
     tok = None if tokenizer == "none" else load_tokenizer(tokenizer)
-    rep = inspect_file(file, tok)
-    console.print(f"[bold]{rep.path}[/bold]: {rep.records} records, {rep.malformed_lines} malformed lines")
+    rep = inspect_file(file, tok, dataset=dataset)
+    shown = 20
+    for message in rep.malformed[:shown]:
+        err_console.print(message, markup=False, highlight=False)
+    if rep.malformed_lines > shown:
+        err_console.print(f"... and {rep.malformed_lines - shown} more malformed lines", markup=False, highlight=False)
+    console.print(f"[bold]{plain(rep.path)}[/bold]: {rep.records} records, {rep.malformed_lines} malformed lines")
     for title, counter in (("category", rep.categories), ("family", rep.families), ("answer", rep.answers), ("render", rep.renders)):
         if not counter:
             continue
@@ -194,7 +202,8 @@ def data_validate_cmd(
 ) -> None:
     """Check a dataset: schema, unique ids, every logic answer re-solved, every tool call re-parsed.
 
-    Problems name file and line; the whole file is always checked. Exit code 1 if any.
+    Problems name file and line; the whole file is always checked. Exit code 1 if any;
+    2 if the file is not a JSONL file at all (not UTF-8, or no records).
 
     Example: [bold]slmlab data validate data/v6/train.jsonl[/bold]
     """
@@ -336,16 +345,25 @@ def runs_cmd(output_dir: Path = typer.Option(Path("runs"), "--dir", help="Direct
     """
     from datetime import datetime
 
+    from rich.console import Console
+    from rich.measure import Measurement
+
     from slmlab.runs import list_runs
 
-    table = Table(title=f"Runs in {output_dir}")
+    runs = list_runs(output_dir)
+    table = Table(title=f"Runs in {plain(output_dir)}")
     for col in ("name", "status", "model", "objective", "step", "final loss", "eval loss", "updated"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a narrow terminal folds long cells onto more lines; nothing is cut
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    for r in list_runs(output_dir):
+    for r in runs:
         table.add_row(r.name, r.status, r.model, r.objective, str(r.step), fmt(r.final_loss), fmt(r.eval_loss),
                       datetime.fromtimestamp(r.updated).strftime("%Y-%m-%d %H:%M"))
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # Piped or redirected: as wide as the table needs, one line per run, for grep and scripts.
+    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    Console(file=console.file, width=max(width, console.width), no_color=console.no_color).print(table)
 
 
 @app.command("export")
@@ -353,14 +371,17 @@ def export_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the Hugging Face model."),
     merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the LoRA adapter into the base weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write a run's model as a standalone Hugging Face model directory (LoRA merged).
+
+    A non-empty OUT is refused unless --overwrite (then it is replaced as a whole).
 
     Example: [bold]slmlab export runs/lora-v6-golden --merge -o models/lora-v6-golden[/bold]
     """
     from slmlab.train.export import export_run
 
-    path = export_run(run_dir, out, merge=merge)
+    path = export_run(run_dir, out, merge=merge, overwrite=overwrite)
     console.print(f"wrote {path}")
 
 
@@ -371,15 +392,18 @@ def eval_cmd(
     adapter: Path | None = typer.Option(None, "--adapter", help="A run directory (or PEFT adapter directory) trained on --model."),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Evaluate only the first N records."),
     out: Path = typer.Option(..., "--out", "-o", help="Results JSON; per-sample lines go beside it as *.samples.jsonl."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Run an evaluation suite and print each metric's mean ± standard error.
+
+    Existing results (or samples) at OUT are refused unless --overwrite; this is checked before the model loads.
 
     Example: [bold]slmlab eval logic --model smollm2-135m --adapter runs/lora-v6-golden -o results/logic.json[/bold]
     """
     from slmlab.evaluate.suites import run_suite
 
     _quiet_transformers()
-    result = run_suite(suite, model, adapter=adapter, out=out, limit=limit)
+    result = run_suite(suite, model, adapter=adapter, out=out, limit=limit, overwrite=overwrite)
     title = f"{result.suite.name} v{result.suite.version} — {model}" + (f" + {adapter}" if adapter else "")
     table = Table(title=title)
     for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("n", "right")):
@@ -404,12 +428,15 @@ def basins_label_cmd(file: Path = typer.Argument(..., help="JSONL with a `text` 
     from slmlab.evaluate.basins import label
     from slmlab.io import dumps_record, iter_jsonl
 
-    for line in iter_jsonl(file):
-        text = line.record.get("text")
-        if not isinstance(text, str):
+    lines = list(iter_jsonl(file))  # the whole file is checked before a byte is written: no half output
+    for line in lines:
+        if not isinstance(line.record.get("text"), str):
             raise SlmlabError(f"{file}:{line.number}: needs a string field 'text'")
-        res = label(text)
-        sys.stdout.write(dumps_record({**line.record, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence}) + "\n")
+    out = []
+    for line in lines:
+        res = label(line.record["text"])
+        out.append(dumps_record({**line.record, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence}) + "\n")
+    sys.stdout.write("".join(out))
 
 
 @basins_app.command("map")
@@ -422,8 +449,11 @@ def basins_map_cmd(
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(0.7, "--temperature", "-t", min=0.0),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Generate from a prompt corpus, label every generation, and write the basin distribution per category.
+
+    An existing map at OUT is refused unless --overwrite; this is checked before the model loads.
 
     Example: [bold]slmlab basins map --model smollm2-135m --samples 3 -o maps/base.json[/bold]
     """
@@ -431,7 +461,7 @@ def basins_map_cmd(
 
     _quiet_transformers()
     settings = MapSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    result = map_basins(model, adapter=adapter, corpus=corpus, settings=settings, out=out)
+    result = map_basins(model, adapter=adapter, corpus=corpus, settings=settings, out=out, overwrite=overwrite)
     _print_maps({str(out): result})
     console.print(f"{result['n_generations']} generations, {result['tokens_per_second'] or 0:.1f} tokens/s; wrote {out}")
 
@@ -508,14 +538,17 @@ def data_curate_cmd(
     map_: Path = typer.Option(..., "--map", help="A basin map made over this dataset's prompts (slmlab basins map --corpus DATASET)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the curated JSONL."),
     seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Reweight a dataset's categories by basin rates: more of what lands CREATIVE, less of what loops, drop what collapses.
+
+    Writes OUT and OUT.curation.json; existing ones are refused unless --overwrite.
 
     Example: [bold]slmlab data curate data/mix/train.jsonl --map maps/mix.json -o data/mix/curated.jsonl[/bold]
     """
     from slmlab.evaluate.curate import curate_dataset
 
-    rep = curate_dataset(dataset, map_, out, seed=seed)
+    rep = curate_dataset(dataset, map_, out, seed=seed, overwrite=overwrite)
     table = Table(title=f"Curation ({rep['before']} → {rep['after']} records)")
     for col in ("category", "before", "after", "factor", "why"):
         table.add_column(col)

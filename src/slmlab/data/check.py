@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmlab.data.formats import REQUIRED_FIELDS
+from slmlab.errors import SlmlabError
 from slmlab.io import JsonlError, iter_jsonl
 
 
@@ -126,6 +127,7 @@ class InspectReport:
     duplicate_pairs: int
     conflicting_inputs: int
     malformed_lines: int
+    malformed: list[str] = field(default_factory=list)  # "file:line: message" of each, in file order
 
     def histogram(self, bins: int = 8) -> list[tuple[int, int, int]]:
         """(low, high, count) buckets over the length distribution."""
@@ -137,10 +139,26 @@ class InspectReport:
         return [(lo + i * width, lo + (i + 1) * width - 1, counts.get(i, 0)) for i in range(bins) if lo + i * width <= hi]
 
 
-def inspect_file(path: str | Path, tokenizer=None) -> InspectReport:
-    """Categories, answer balance, length distribution (tokens if a tokenizer is given) and duplicates."""
+def read_dataset(path: str | Path) -> tuple[list[dict], list[JsonlError]]:
+    """A dataset file's records and its malformed lines (reading goes on past them).
+
+    Raises :class:`SlmlabError` when there is nothing to use: bytes that are not UTF-8, an
+    empty file, or no line that parses (naming the first malformed one).
+    """
     bad: list[JsonlError] = []
     records = [line.record for line in iter_jsonl(path, errors=bad)]
+    if not records:
+        raise SlmlabError(f"{path}: no records: all {len(bad)} non-blank line(s) are malformed; the first: {bad[0]}")
+    return records, bad
+
+
+def inspect_file(path: str | Path, tokenizer=None, *, dataset: tuple[list[dict], list[JsonlError]] | None = None) -> InspectReport:
+    """Categories, answer balance, length distribution (tokens if a tokenizer is given) and duplicates.
+
+    ``dataset`` is :func:`read_dataset`'s answer when the caller has read the file already
+    (the CLI does, so that a bad file fails before a tokenizer loads).
+    """
+    records, bad = dataset if dataset is not None else read_dataset(path)
     pairs = Counter((r.get("input"), r.get("output")) for r in records)
     outputs_by_input: dict[object, set] = {}
     for r in records:
@@ -163,4 +181,5 @@ def inspect_file(path: str | Path, tokenizer=None) -> InspectReport:
         duplicate_pairs=sum(c - 1 for c in pairs.values() if c > 1),
         conflicting_inputs=sum(1 for outs in outputs_by_input.values() if len(outs) > 1),
         malformed_lines=len(bad),
+        malformed=[str(e) for e in bad],
     )

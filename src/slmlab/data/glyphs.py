@@ -29,6 +29,20 @@ VARIABLE_LETTERS = "xyz"
 
 _GLYPHS = frozenset(CERTAINTY_SCALE)
 
+# Input limits (docs/glyphs.md, "Limits", has the measurements behind them).
+# All are checked in linear time before the recursive parser runs, and each
+# violation is a GlyphLimitError naming the limit and the value.
+MAX_TEXT_LENGTH = 10_000  # characters in one puzzle or formula
+MAX_DEPTH = 64  # brackets, connectives and quantifiers enclosing the deepest atom of one formula
+MAX_PREDICATES = 32  # distinct predicate letters in one puzzle
+MAX_CONSTANTS = 32  # distinct constants in one puzzle
+LIMITS = {  # the defaults above, by name
+    "MAX_TEXT_LENGTH": MAX_TEXT_LENGTH,
+    "MAX_DEPTH": MAX_DEPTH,
+    "MAX_PREDICATES": MAX_PREDICATES,
+    "MAX_CONSTANTS": MAX_CONSTANTS,
+}
+
 
 # --------------------------------------------------------------------------- AST
 
@@ -148,6 +162,11 @@ def first_glyph(text: str) -> str | None:
 # ----------------------------------------------------------------------- errors
 
 
+# Messages quote the whole text up to this many characters, else a window around the column.
+_QUOTE_LIMIT = 120
+_WINDOW = 30
+
+
 class GlyphParseError(SlmlabError):
     """Malformed glyph text; ``column`` is 1-based and points into ``text``."""
 
@@ -155,8 +174,32 @@ class GlyphParseError(SlmlabError):
         self.reason = reason
         self.text = text
         self.column = column
-        pointer = " " * (column - 1) + "^"
-        super().__init__(f"column {column}: {reason} in {text!r}\n    {text}\n    {pointer}")
+        if len(text) <= _QUOTE_LIMIT:
+            quoted, shown, offset = repr(text), text, column - 1
+        else:  # a 1 MB input must not become a 3 MB message: show the neighbourhood of the column
+            lo = max(0, column - 1 - _WINDOW)
+            hi = min(len(text), column - 1 + _WINDOW)
+            shown = ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+            offset = column - 1 - lo + (1 if lo else 0)
+            quoted = f"{len(text):,} characters of text"
+        pointer = " " * offset + "^"
+        super().__init__(f"column {column}: {reason} in {quoted}\n    {shown}\n    {pointer}")
+
+
+class GlyphLimitError(GlyphParseError):
+    """The text exceeds one of the documented input limits (see :data:`LIMITS`).
+
+    ``limit_name`` is the constant's name (``"MAX_DEPTH"``…), ``limit`` its
+    value and ``value`` what the text has. ``column`` points at the first
+    character past MAX_TEXT_LENGTH, the start of a formula deeper than
+    MAX_DEPTH, or the first predicate or constant past its limit.
+    """
+
+    def __init__(self, what: str, value: int, limit_name: str, limit: int, text: str, column: int) -> None:
+        self.limit_name = limit_name
+        self.limit = limit
+        self.value = value
+        super().__init__(f"{what} {value:,} exceeds the limit {limit_name} = {limit:,}", text, column)
 
 
 # -------------------------------------------------------------------- tokenizer
@@ -216,6 +259,87 @@ def _tokenize(text: str) -> list[_Tok]:
     return toks
 
 
+_INFIX = {IFF: (1, True), IMPLIES: (2, False), OR: (3, True), AND: (4, True)}  # precedence, left-associative
+
+
+def _check_limits(text: str, toks: list[_Tok]) -> None:
+    """Enforce MAX_DEPTH, MAX_PREDICATES and MAX_CONSTANTS in one pass over the tokens.
+
+    The depth of a formula is computed without recursion by operator
+    precedence (a shunting-yard over heights): every ``(…)`` group, ``¬``,
+    binary connective, quantifier and proportion prefix counts one level, so
+    ``P`` is 0, ``¬¬P`` is 2, ``P∧Q∧R`` is 2 (it is ``(P∧Q)∧R``) and ``(P)``
+    is 1. It is lenient with malformed text (a missing operand counts as an
+    atom) and leaves the errors to the parser, whose recursion it bounds: each
+    parser call that recurses adds at least one level here.
+    """
+    preds: dict[str, None] = {}
+    consts: dict[str, None] = {}
+    ops: list[tuple[str, int, int]] = []  # (kind, precedence, column): "(", "¬", "Q" (binder) or "B" (binary)
+    vals: list[int] = []
+    deepest, start = 0, 1
+    i, n = 0, len(toks)
+    while i < n:
+        tok = toks[i]
+        kind = tok.kind
+        if kind == "UP":
+            vals.append(0)
+            if i + 3 < n and toks[i + 1].kind == "(" and toks[i + 2].kind in ("CONST", "VAR") and toks[i + 3].kind == ")":
+                if tok.value not in preds:
+                    preds[tok.value] = None
+                    if len(preds) > MAX_PREDICATES:
+                        more = len({t.value for j, t in enumerate(toks[:-1]) if t.kind == "UP" and toks[j + 1].kind == "("})
+                        raise GlyphLimitError("number of predicates", more, "MAX_PREDICATES", MAX_PREDICATES, text, tok.col)
+                i += 3  # P(a): the brackets are an application, not a group
+                if toks[i - 1].kind == "CONST":
+                    _count_constant(toks[i - 1], consts, text, toks)
+        elif kind == "CONST":
+            _count_constant(tok, consts, text, toks)
+        elif kind in _INFIX:
+            prec, left = _INFIX[kind]
+            while ops and ops[-1][0] in ("¬", "B") and (ops[-1][1] > prec or (ops[-1][1] == prec and left)):
+                deepest = _reduce(ops.pop(), vals, deepest)
+            ops.append(("B", prec, tok.col))
+        elif kind == NOT:
+            ops.append(("¬", 5, tok.col))
+        elif kind in (FORALL, EXISTS, "]"):
+            ops.append(("Q", 0, tok.col))  # its body runs as far right as possible
+        elif kind == "(":
+            ops.append(("(", 0, tok.col))
+        elif kind == ")":
+            while ops and ops[-1][0] != "(":
+                deepest = _reduce(ops.pop(), vals, deepest)
+            if ops:
+                deepest = _reduce(ops.pop(), vals, deepest)
+        elif kind in (",", "?", "END"):
+            while ops:  # an unclosed '(' still counts: the parser recursed into it
+                deepest = _reduce(ops.pop(), vals, deepest)
+            if deepest > MAX_DEPTH:
+                raise GlyphLimitError("nesting depth", deepest, "MAX_DEPTH", MAX_DEPTH, text, start)
+            vals.clear()
+            deepest, start = 0, toks[i + 1].col if i + 1 < n else tok.col
+        i += 1
+
+
+def _reduce(op: tuple[str, int, int], vals: list[int], deepest: int) -> int:
+    if op[0] == "B":
+        right = vals.pop() if vals else 0
+        left = vals.pop() if vals else 0
+        height = max(left, right) + 1
+    else:
+        height = (vals.pop() if vals else 0) + 1
+    vals.append(height)
+    return max(deepest, height)
+
+
+def _count_constant(tok: _Tok, consts: dict[str, None], text: str, toks: list[_Tok]) -> None:
+    if tok.value not in consts:
+        consts[tok.value] = None
+        if len(consts) > MAX_CONSTANTS:
+            total = len({t.value for t in toks if t.kind == "CONST"})
+            raise GlyphLimitError("number of constants", total, "MAX_CONSTANTS", MAX_CONSTANTS, text, tok.col)
+
+
 def _bad_name(text: str, i: int, col: int) -> None:
     k = i
     while k < len(text) and text[k].isascii() and text[k].isalnum():
@@ -236,7 +360,10 @@ class _Parser:
 
     def __init__(self, text: str) -> None:
         self.text = text
+        if len(text) > MAX_TEXT_LENGTH:  # before tokenizing: a 1 MB string costs nothing
+            raise GlyphLimitError("text length", len(text), "MAX_TEXT_LENGTH", MAX_TEXT_LENGTH, text, MAX_TEXT_LENGTH + 1)
         self.toks = _tokenize(text)
+        _check_limits(text, self.toks)
         self.pos = 0
         self.bound: list[str] = []
         # A letter is a proposition or a predicate for the whole puzzle, never both.
@@ -496,6 +623,7 @@ def to_text(item: Formula | Proportion | Puzzle) -> str:
 __all__ = [
     "AND", "CERTAIN", "CERTAINLY_NOT", "CERTAINTY_SCALE", "EXISTS", "FORALL", "IFF", "IMPLIES", "LIKELY",
     "NOT", "OR", "UNDETERMINED", "UNLIKELY", "And", "Exists", "ForAll", "Formula", "GlyphParseError",
+    "GlyphLimitError", "LIMITS", "MAX_CONSTANTS", "MAX_DEPTH", "MAX_PREDICATES", "MAX_TEXT_LENGTH",
     "Iff", "Implies", "Not", "Or", "Pred", "Premise", "Prop", "Proportion", "Puzzle", "first_glyph",
     "is_variable", "parse_formula", "parse_puzzle", "to_text",
 ]

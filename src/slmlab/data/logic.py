@@ -32,6 +32,9 @@ from slmlab.data.glyphs import (
     CERTAIN,
     CERTAINLY_NOT,
     LIKELY,
+    MAX_CONSTANTS,
+    MAX_DEPTH,
+    MAX_PREDICATES,
     UNDETERMINED,
     UNLIKELY,
     And,
@@ -56,6 +59,12 @@ from slmlab.errors import SlmlabError, unknown_name_message
 # More structures than this in one connected group of premises and we refuse
 # rather than hang: the enumeration is exact, so its cost is the real limit.
 MAX_STRUCTURES = 1 << 20
+# The structure count alone does not bound the time: nested quantifiers
+# multiply the work by up to 2^k per level and long formulas by their length.
+# So the solver counts its evaluation steps (one ≈ one compiled-closure call,
+# about 70 ns measured) for the whole puzzle as it goes, and refuses past this;
+# docs/glyphs.md ("Limits") has the measurements.
+MAX_WORK = 1 << 22
 
 
 class InconsistentPremises(SlmlabError):
@@ -63,7 +72,7 @@ class InconsistentPremises(SlmlabError):
 
 
 class PuzzleTooLarge(SlmlabError):
-    """The exact enumeration for this puzzle would exceed :data:`MAX_STRUCTURES`."""
+    """The exact check would exceed :data:`MAX_STRUCTURES` or :data:`MAX_WORK` (or an AST a glyph limit)."""
 
 
 # ============================================================ symbols & shapes
@@ -124,11 +133,17 @@ def _columns(n: int) -> tuple[int, list[int]]:
     """
     rows = 1 << n
     full = (1 << rows) - 1
+    n_bytes = max(1, rows >> 3)
     cols = []
     for i in range(n):
-        block = 1 << i
-        period_mask = (1 << (2 * block)) - 1
-        cols.append(full // period_mask * (((1 << block) - 1) << block))
+        # Built from bytes in linear time: dividing 2^20-bit integers (the obvious
+        # full // period_mask) is quadratic and took over a second at n = 20.
+        if i < 3:
+            pattern = bytes((0xAA, 0xCC, 0xF0)[i : i + 1]) * n_bytes
+        else:
+            block = 1 << (i - 3)
+            pattern = (b"\x00" * block + b"\xff" * block) * (n_bytes // (2 * block))
+        cols.append(int.from_bytes(pattern, "little") & full)
     return full, cols
 
 
@@ -217,17 +232,94 @@ def _compile_quantifier(f: ForAll | Exists, body: _Closure, full: int) -> _Closu
 
 
 def _monadic_structure_count(k: int, c: int) -> int:
-    """Σ over non-empty sets R of realized types of |R|^c constant assignments."""
+    """Σ over non-empty sets R of realized types of |R|^c constant assignments.
+
+    Exponential in k (2^k terms): call it only through :func:`_structure_count`.
+    """
     types = 1 << k
     return sum(comb(types, j) * j**c for j in range(1, types + 1))
 
 
-def _too_large(count: int, k: int, c: int, p: int, limit: int) -> PuzzleTooLarge:
+def _structure_count(k: int, c: int, p: int, limit: int) -> int:
+    """The structures to enumerate (times 2^p), or PuzzleTooLarge if more than ``limit``.
+
+    The count is at least 2^(2^k) − 1 (every j^c ≥ 1), so once 2^k exceeds
+    limit's bit length it is refused without summing 2^k terms: 40 chained
+    predicates used to hang here, summing 2^40 terms towards a number of
+    3·10^11 digits.
+    """
+    if k > 64 or (1 << k) > limit.bit_length():
+        bound = f"2^{(1 << k) - 1:,}" if k <= 16 else f"2^(2^{k} - 1)"
+        raise _too_large(f"more than {bound}", k, c, p, limit)
+    count = _monadic_structure_count(k, c) << p
+    if count > limit:
+        raise _too_large(_count_text(count), k, c, p, limit)
+    return count
+
+
+def _count_text(n: int) -> str:
+    """``n`` with thousands separators, or 'more than 2^N' once it would be a wall of digits."""
+    return f"{n:,}" if n < 10**15 else f"more than 2^{n.bit_length() - 1:,}"
+
+
+def _too_large(count: str, k: int, c: int, p: int, limit: int) -> PuzzleTooLarge:
     return PuzzleTooLarge(
-        f"puzzle too large to decide exactly: {count:,} structures (limit {limit:,}) for one "
+        f"puzzle too large to decide exactly: {count} structures (limit MAX_STRUCTURES = {limit:,}) for one "
         f"connected group of premises with {k} predicates, {c} constants and {p} propositions; "
         "split it or use fewer symbols"
     )
+
+
+def _cost(f: Formula) -> list[int]:
+    """Steps for one pass over ``f`` as a polynomial in m = |realized types| (coefficients, m^0 first).
+
+    Each node is a step; a quantifier runs its body once per realized type
+    and costs two more steps to enter and two per type (binding the variable
+    is dearer than a connective: calibrated against measured times).
+    """
+    kind = type(f)
+    if kind is Prop or kind is Pred:
+        return [1]
+    if kind is Not:
+        inner = _cost(f.arg)
+        inner[0] += 1
+        return inner
+    if kind is ForAll or kind is Exists:
+        body = _cost(f.body)
+        body[0] += 2
+        return [2, *body]
+    return _poly_add(_poly_add([1], _cost(f.left)), _cost(f.right))
+
+
+def _poly_add(a: list[int], b: list[int]) -> list[int]:
+    if len(a) < len(b):
+        a, b = b, a
+    for i, x in enumerate(b):
+        a[i] += x
+    return a
+
+
+def _poly_at(poly: list[int], m: int) -> int:
+    value = 0
+    for coefficient in reversed(poly):
+        value = value * m + coefficient
+    return value
+
+
+def _words(bits: int) -> int:
+    """Cost factor of bit-parallel columns over ``bits`` atoms: one step per 4096 rows."""
+    return 1 + ((1 << bits) >> 12)
+
+
+def _over_budget(what: str) -> PuzzleTooLarge:
+    return PuzzleTooLarge(
+        f"puzzle too large to decide exactly: {what} (limit MAX_WORK = {MAX_WORK:,} evaluation steps "
+        "for the whole puzzle, roughly 0.3 s); use fewer predicates, constants or nested quantifiers, "
+        "or shorter formulas"
+    )
+
+
+_OVER_BUDGET = "the search would take more evaluation steps than allowed"
 
 
 def _analyze(premises: list[Formula], query: Formula | None, limit: int = MAX_STRUCTURES) -> tuple[bool, bool, bool]:
@@ -235,11 +327,26 @@ def _analyze(premises: list[Formula], query: Formula | None, limit: int = MAX_ST
 
     With ``query=None`` it only decides satisfiability and stops at the first model.
     """
-    return _analyze_memo(tuple(premises), query, limit)
+    return _analyze_memo(tuple(premises), query, limit)[:3]
+
+
+def _analyze_memo(
+    premises: tuple[Formula, ...], query: Formula | None, limit: int, budget: int = MAX_WORK
+) -> tuple[bool, bool, bool, int]:
+    """:func:`_analyze` plus the evaluation steps it took; PuzzleTooLarge past ``budget`` steps.
+
+    A group runs with all of MAX_WORK (so its result and its charge depend
+    only on the group, and can be cached); the caller's remaining ``budget``
+    is checked against the charge. A puzzle thus stops within 2 × MAX_WORK.
+    """
+    result = _analyze_cached(premises, query, limit)
+    if result[3] > budget:
+        raise _over_budget(_OVER_BUDGET)
+    return result
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _analyze_memo(premises: tuple[Formula, ...], query: Formula | None, limit: int) -> tuple[bool, bool, bool]:
+def _analyze_cached(premises: tuple[Formula, ...], query: Formula | None, limit: int) -> tuple[bool, bool, bool, int]:
     # Keyed by the formulas themselves (hashable, compared structurally), so a
     # hit is the very same question; generation asks many repeatedly.
     formulas = list(premises) if query is None else [*premises, query]
@@ -250,17 +357,55 @@ def _analyze_memo(premises: tuple[Formula, ...], query: Formula | None, limit: i
     preds = [name for sort, name in syms if sort == "F"]
     consts = [name for sort, name in syms if sort == "c"]
     k, c, p = len(preds), len(consts), len(props)
-    count = _monadic_structure_count(k, c) << p
-    if count > limit:
-        raise _too_large(count, k, c, p, limit)
+    _structure_count(k, c, p, limit)
     full, columns = _columns(p)
     args = (dict(zip(props, columns)), {n: i for i, n in enumerate(preds)}, {n: i for i, n in enumerate(consts)}, full)
     # Formulas without constants depend only on the realized types, so they are
     # evaluated once per set of types instead of once per constant assignment.
-    shared = [_compile(f, *args) for f in premises if not _mentions_constant(f)]
-    per_constant = [_compile(f, *args) for f in premises if _mentions_constant(f)]
+    with_constants = [_mentions_constant(f) for f in premises]
+    shared_premises = [f for f, has in zip(premises, with_constants) if not has]
+    constant_premises = [f for f, has in zip(premises, with_constants) if has]
+    shared = [_compile(f, *args) for f in shared_premises]
+    per_constant = [_compile(f, *args) for f in constant_premises]
     query_fn = _compile(query, *args) if query is not None else None
     query_shared = query is not None and not _mentions_constant(query)
+    # Work is charged in evaluation steps (cost[m]: one evaluation with m
+    # realized types). If even the bound without early exits fits MAX_WORK the
+    # plain loop runs and is charged that bound; otherwise steps are counted as
+    # they are spent, so early exits are free (a 4-predicate chain is 9.9M
+    # steps on paper, 3.0M in fact). Either way a group's charge depends only on
+    # the group, so refusals are deterministic and independent of the memo.
+    n = 1 << k
+    loop = (shared, per_constant, query_fn, query_shared, k, c, full)
+    shared_poly, constant_poly = [1], [1]  # 1: the loop's own step per type set / per structure
+    for f in shared_premises:
+        shared_poly = _poly_add(shared_poly, _cost(f))
+    for f in constant_premises:
+        constant_poly = _poly_add(constant_poly, _cost(f))
+    if query is not None:
+        if query_shared:
+            shared_poly = _poly_add(shared_poly, _cost(query))
+        else:
+            constant_poly = _poly_add(constant_poly, _cost(query))
+    bound = sum(comb(n, m) * (_poly_at(shared_poly, m) + m**c * _poly_at(constant_poly, m)) for m in range(1, n + 1))
+    if bound <= MAX_WORK:
+        return (*_enumerate(*loop), bound)
+    for f in formulas:
+        # One evaluation runs without checks: a formula that could alone pass
+        # MAX_WORK (deeply nested quantifiers) is refused before it starts.
+        worst = _poly_at(_cost(f), n)
+        if worst > MAX_WORK:
+            raise _over_budget(f"one evaluation of {_snippet(f)} alone may take {_count_text(worst)} steps")
+    query_cost = _cost_table(query, n) if query is not None else [0] * (n + 1)
+    shared_costs = [_cost_table(f, n) for f in shared_premises]
+    per_constant_costs = [_cost_table(f, n) for f in constant_premises]
+    return _enumerate_counted(*loop, shared_costs, per_constant_costs, query_cost)
+
+
+def _enumerate(
+    shared: list[_Closure], per_constant: list[_Closure], query_fn: _Closure | None, query_shared: bool, k: int, c: int, full: int
+) -> tuple[bool, bool, bool]:
+    """Every (set of realized types, constant assignment) structure; see :func:`_analyze`."""
     satisfiable = can_true = can_false = False
     env: dict = {}
     for realized in _type_sets(k):
@@ -291,6 +436,80 @@ def _analyze_memo(premises: tuple[Formula, ...], query: Formula | None, limit: i
     return satisfiable, can_true, can_false
 
 
+def _enumerate_counted(
+    shared: list[_Closure],
+    per_constant: list[_Closure],
+    query_fn: _Closure | None,
+    query_shared: bool,
+    k: int,
+    c: int,
+    full: int,
+    shared_costs: list[list[int]],
+    per_constant_costs: list[list[int]],
+    query_cost: list[int],
+) -> tuple[bool, bool, bool, int]:
+    """:func:`_enumerate`, counting steps as they are spent and refusing past MAX_WORK.
+
+    Constant-free premises are charged one by one (most type sets fail one of
+    them early, which is where the savings are); each constant assignment is
+    charged in full, so the inner loop only adds one number.
+    """
+    satisfiable = can_true = can_false = False
+    env: dict = {}
+    steps = 0
+    per_structure = [1 + sum(t[m] for t in per_constant_costs) + (0 if query_shared else query_cost[m]) for m in range(len(query_cost))]
+    for realized in _type_sets(k):
+        m = len(realized)
+        steps += 1
+        base = full
+        for fn, cost in zip(shared, shared_costs):
+            steps += cost[m]
+            base &= fn((), realized, env)
+            if not base:
+                break
+        if steps > MAX_WORK:
+            raise _over_budget(_OVER_BUDGET)
+        if not base:
+            continue
+        if query_shared:
+            steps += query_cost[m]
+            q_base = query_fn((), realized, env)
+        else:
+            q_base = 0
+        charge = per_structure[m]
+        for ct in itertools.product(realized, repeat=c):
+            steps += charge
+            models = base
+            for fn in per_constant:
+                models &= fn(ct, realized, env)
+                if not models:
+                    break
+            if steps > MAX_WORK:
+                raise _over_budget(_OVER_BUDGET)
+            if not models:
+                continue
+            if query_fn is None:
+                return True, False, False, steps
+            satisfiable = True
+            q = q_base if query_shared else query_fn(ct, realized, env)
+            can_true = can_true or bool(models & q)
+            can_false = can_false or bool(models & (full ^ q))
+            if can_true and can_false:
+                return True, True, True, steps
+    return satisfiable, can_true, can_false, steps
+
+
+def _cost_table(f: Formula, n: int) -> list[int]:
+    """Steps of one evaluation of ``f`` with m realized types, at index m = 0…n."""
+    poly = _cost(f)
+    return [_poly_at(poly, m) for m in range(n + 1)]
+
+
+def _snippet(f: Formula) -> str:
+    text = to_text(f)
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
+
+
 @functools.cache
 def _type_sets(k: int) -> tuple[tuple[int, ...], ...]:
     """Every non-empty set of realized types over k predicates (a type is a bitmask)."""
@@ -303,27 +522,35 @@ def _mentions_constant(f: Formula) -> bool:
 
 
 def _analyze_ground(
-    premises: list[Formula], query: Formula | None, formulas: list[Formula], limit: int
-) -> tuple[bool, bool, bool]:
+    premises: tuple[Formula, ...], query: Formula | None, formulas: list[Formula], limit: int
+) -> tuple[bool, bool, bool, int]:
     # Without quantifiers every assignment to the ground atoms (P, P(a)) is
     # realized by some structure (give each constant its own element), so a
     # truth table over ground atoms is exactly first-order consequence.
     atoms: dict[tuple, None] = {}
     for f in formulas:
         _ground_atoms(f, atoms)
-    if 1 << len(atoms) > limit:
-        raise _too_large(1 << len(atoms), 0, 0, len(atoms), limit)
+    _ground_size_check(len(atoms), limit)
+    # One step per connective per 4096 rows: bit-parallel, so a wide table costs more per step.
+    steps = sum(_cost(f)[0] for f in formulas) * _words(len(atoms))
+    if steps > MAX_WORK:
+        raise _over_budget(f"the truth table needs {_count_text(steps)} steps")
     full, columns = _columns(len(atoms))
     cols = dict(zip(atoms, columns))
     models = full
     for f in premises:
         models &= _eval_ground(f, cols, full)
         if not models:
-            return False, False, False
+            return False, False, False, steps
     if query is None:
-        return True, False, False
+        return True, False, False, steps
     q = _eval_ground(query, cols, full)
-    return True, bool(models & q), bool(models & (full ^ q))
+    return True, bool(models & q), bool(models & (full ^ q)), steps
+
+
+def _ground_size_check(n_atoms: int, limit: int) -> None:
+    if n_atoms >= limit.bit_length():  # 2^n_atoms > limit, without building a 10,000-bit number to say so
+        raise _too_large(_count_text(1 << n_atoms) if n_atoms < 64 else f"2^{n_atoms:,}", 0, 0, n_atoms, limit)
 
 
 def _ground_atoms(f: Formula, out: dict) -> None:
@@ -372,12 +599,20 @@ def _decide(premises: list[Formula], query: Formula, limit: int = MAX_STRUCTURES
     symbol_sets = [_symbols(p) for p in premises]
     query_syms = _symbols(query)
     relevant: list[int] = []
+    others: list[tuple[Formula, ...]] = []
     for group in _connected_groups(symbol_sets):
         if any(s in query_syms for i in group for s in symbol_sets[i]):
             relevant.extend(group)
-        elif not _analyze([premises[i] for i in group], None, limit)[0]:
+        else:
+            others.append(tuple(premises[i] for i in group))
+    budget = MAX_WORK  # for the whole puzzle, not per group
+    for other in others:
+        satisfiable, _, _, steps = _analyze_memo(other, None, limit, budget)
+        if not satisfiable:
             return None
-    satisfiable, can_true, can_false = _analyze([premises[i] for i in sorted(relevant)], query, limit)
+        budget -= steps
+    mine = tuple(premises[i] for i in sorted(relevant))
+    satisfiable, can_true, can_false, _ = _analyze_memo(mine, query, limit, budget)
     if not satisfiable:
         return None
     if not can_false:
@@ -414,8 +649,14 @@ def _grade_ratio(n: int, m: int) -> str:
     return UNDETERMINED
 
 
+def _quote(puzzle: Puzzle) -> str:
+    """The puzzle's text for a message; a long one is cut so the message stays readable."""
+    text = puzzle.text
+    return repr(text) if len(text) <= 200 else f"{text[:100]!r}… ({len(text):,} characters)"
+
+
 def _unsupported_graded(puzzle: Puzzle, why: str) -> SlmlabError:
-    return SlmlabError(f"unsupported proportion puzzle {puzzle.text!r}: {why}; the only supported shape is {_GRADED_SHAPE}")
+    return SlmlabError(f"unsupported proportion puzzle {_quote(puzzle)}: {why}; the only supported shape is {_GRADED_SHAPE}")
 
 
 def _solve_graded(puzzle: Puzzle, limit: int) -> str:
@@ -441,9 +682,13 @@ def _solve_graded(puzzle: Puzzle, limit: int) -> str:
             raise _unsupported_graded(puzzle, f"the premise {to_text(other)!r} mentions {a_name}, {b_name} or {individual}")
     # The proportion and A(a) are satisfiable and disjoint from the others, so
     # only the others can make the premises inconsistent.
-    for group in _connected_groups([_symbols(o) for o in others]):
-        if not _analyze([others[i] for i in group], None, limit)[0]:
-            raise InconsistentPremises(f"the premises of {puzzle.text!r} are inconsistent")
+    groups = [tuple(others[i] for i in group) for group in _connected_groups([_symbols(o) for o in others])]
+    budget = MAX_WORK
+    for group in groups:
+        satisfiable, _, _, steps = _analyze_memo(group, None, limit, budget)
+        budget -= steps
+        if not satisfiable:
+            raise InconsistentPremises(f"the premises of {_quote(puzzle)} are inconsistent")
     return _grade_ratio(pr.den - pr.num if negated else pr.num, pr.den)
 
 
@@ -455,9 +700,47 @@ def solve_puzzle(puzzle: Puzzle) -> str:
 
     Proportion puzzles get ●/◕/◐/◔/○ by the graded cut-offs. Raises
     :class:`InconsistentPremises` if no structure satisfies the premises and
-    :class:`PuzzleTooLarge` if exact enumeration would be too big.
+    :class:`PuzzleTooLarge` if exact enumeration would be too big, or if a
+    puzzle built in code breaks a glyph input limit that parsing would have
+    enforced (``MAX_DEPTH``, ``MAX_PREDICATES``, ``MAX_CONSTANTS``).
     """
+    _check_ast_limits(puzzle)
     return _solve(puzzle, MAX_STRUCTURES)
+
+
+def _check_ast_limits(puzzle: Puzzle) -> None:
+    """The glyph limits, checked without recursion on an AST (text was checked by the parser).
+
+    Depth here is the tree's height in connectives and quantifiers, which is
+    never more than the depth of any text that parses to it (brackets count
+    there), so every parsed puzzle passes.
+    """
+    preds: set[str] = set()
+    consts = set(puzzle.constants)
+    deepest = 0
+    stack: list[tuple[Premise, int]] = [(f, 0) for f in (*puzzle.premises, puzzle.query)]
+    while stack:
+        f, depth = stack.pop()
+        kind = type(f)
+        if kind is Pred:
+            preds.add(f.name)
+            if not is_variable(f.term):
+                consts.add(f.term)
+        elif kind is Not:
+            stack.append((f.arg, depth + 1))
+        elif kind in _BINDERS:
+            stack.append((f.body, depth + 1))
+        elif kind in _BINARY:
+            stack.append((f.left, depth + 1))
+            stack.append((f.right, depth + 1))
+        deepest = max(deepest, depth)
+    for what, value, name, limit in (
+        ("nesting depth", deepest, "MAX_DEPTH", MAX_DEPTH),
+        ("number of predicates", len(preds), "MAX_PREDICATES", MAX_PREDICATES),
+        ("number of constants", len(consts), "MAX_CONSTANTS", MAX_CONSTANTS),
+    ):
+        if value > limit:
+            raise PuzzleTooLarge(f"puzzle too large: its {what} {value:,} exceeds the limit {name} = {limit:,}")
 
 
 def _solve(puzzle: Puzzle, limit: int) -> str:
@@ -466,7 +749,7 @@ def _solve(puzzle: Puzzle, limit: int) -> str:
     answer = _decide(list(puzzle.premises), puzzle.query, limit)
     if answer is None:
         raise InconsistentPremises(
-            f"the premises of {puzzle.text!r} are inconsistent: no structure satisfies them all, "
+            f"the premises of {_quote(puzzle)} are inconsistent: no structure satisfies them all, "
             "so every query would follow"
         )
     return answer
@@ -1433,7 +1716,7 @@ def _justify(item: LogicItem, puzzle: Puzzle, english: _English) -> str:
 
 
 __all__ = [
-    "DEFAULT_POOL_SIZE", "FAMILIES", "MAX_STRUCTURES", "FamilySpec", "InconsistentPremises", "LogicItem",
+    "DEFAULT_POOL_SIZE", "FAMILIES", "MAX_STRUCTURES", "MAX_WORK", "FamilySpec", "InconsistentPremises", "LogicItem",
     "PuzzleTooLarge", "canonical_key", "generate_pure", "grade", "make_puzzle", "neg", "render_hybrid", "solve",
     "solve_puzzle",
 ]

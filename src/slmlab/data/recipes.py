@@ -361,17 +361,22 @@ def generate_dataset(
     count: int | None = None,
     seed: int | None = None,
     base_dir: Path | None = None,
+    overwrite: bool = True,
 ) -> DatasetResult:
     """Build a recipe into ``out_dir/{train,test}.jsonl`` and ``manifest.json``.
 
     ``count`` rescales the recipe's total keeping its proportions; ``seed`` overrides the
     recipe's. Files are written atomically, and the manifest last, so a directory with a
-    manifest is always complete.
+    manifest is always complete. ``out_dir`` is checked before anything is generated
+    (:func:`slmlab.outputs.check_output`); with ``overwrite=False`` a non-empty one is an error.
     """
+    from slmlab.outputs import check_output
+
     if isinstance(recipe, Recipe):
         base_dir = base_dir or Path.cwd()
     else:
         recipe, base_dir = load_recipe(recipe)
+    out_dir = check_output(out_dir, "dir", overwrite=overwrite, what="output directory")
     seed = recipe.seed if seed is None else seed
     counts = category_counts(recipe, count)
 

@@ -97,18 +97,23 @@ def map_basins(
     out: str | Path | None = None,
     model=None,
     tokenizer=None,
+    overwrite: bool = True,
 ) -> dict:
     """Generate ``samples`` completions per prompt (chat template for instruct models), label each, summarise.
 
-    Pass ``model``/``tokenizer`` to reuse a loaded model (the quickstart does).
+    Pass ``model``/``tokenizer`` to reuse a loaded model (the quickstart does). ``out`` is checked
+    before anything loads; with ``overwrite=False`` an existing non-empty one is an error.
     """
     from dataclasses import asdict
 
     from slmlab.evaluate.basins import label
     from slmlab.evaluate.generate import format_prompt, generate
+    from slmlab.outputs import check_output
 
     s = settings or MapSettings()
     prompts = load_prompts(corpus)
+    if out is not None:
+        out = check_output(out, "file", overwrite=overwrite, what="basin map")
     if model is None:
         model, tokenizer = load_model_with_adapter(model_spec, adapter)
     formatted = [format_prompt(tokenizer, p["input"]) for p in prompts]

@@ -44,8 +44,16 @@ def category_factors(basin_map: dict, categories: list[str], *, min_factor: floa
     return out
 
 
-def curate_dataset(dataset: str | Path, map_path: str | Path, out: str | Path, *, seed: int = 0, **factor_options) -> dict:
-    """Write the reweighted dataset to ``out`` and the report to ``out`` + ``.curation.json``; return the report."""
+def curate_dataset(dataset: str | Path, map_path: str | Path, out: str | Path, *, seed: int = 0, overwrite: bool = True,
+                   **factor_options) -> dict:
+    """Write the reweighted dataset to ``out`` and the report to ``out`` + ``.curation.json``; return the report.
+
+    Both outputs are checked first; with ``overwrite=False`` an existing non-empty one is an error.
+    """
+    from slmlab.outputs import check_output
+
+    out = check_output(out, "file", overwrite=overwrite, what="curated dataset")
+    check_output(out.with_name(out.name + ".curation.json"), "file", overwrite=overwrite, what="curation report")
     records = read_jsonl(dataset)
     basin_map = read_map(map_path)
     by_cat: dict[str, list[dict]] = {}

@@ -483,12 +483,14 @@ def run_suite(
     adapter: str | Path | None = None,
     out: Path | None = None,
     limit: int | None = None,
+    overwrite: bool = True,
 ) -> SuiteResult:
     """Generate for every record of a suite and score it with the suite's metrics.
 
-    The suite, its records and the adapter are checked before the model loads. With
-    ``out``, writes ``out`` (results JSON) and ``out`` with ``.samples.jsonl`` (one
+    The suite, its records, the adapter and the output paths are checked before the model
+    loads. With ``out``, writes ``out`` (results JSON) and ``out`` with ``.samples.jsonl`` (one
     line per record), both atomically, samples first. ``limit`` overrides the suite's.
+    With ``overwrite=False`` an existing non-empty results or samples file is an error.
     """
     from slmlab import __version__
     from slmlab.data.roles import load_template, render_prompt
@@ -499,6 +501,11 @@ def run_suite(
     suite = suite_name_or_path if isinstance(suite_name_or_path, Suite) else load_suite(suite_name_or_path)
     if limit is not None and limit < 1:
         raise SlmlabError(f"limit must be at least 1, got {limit}")
+    if out is not None:
+        from slmlab.outputs import check_output
+
+        out = check_output(out, "file", overwrite=overwrite, what="results file")
+        check_output(samples_path_for(out), "file", overwrite=overwrite, what="samples file")
     metrics = [(name, get_metric(name), options) for name, options in suite.metric_specs()]
     effective_limit = limit if limit is not None else suite.limit
     records = load_records(suite)[:effective_limit]

@@ -160,7 +160,7 @@ def load_vectors(readout_dir: str | Path, concept: str, layers: list[int] | None
 
 
 def export_gguf(readout_dir: str | Path, concept: str, out: str | Path, *, layers: list[int] | None = None,
-                scale: float = 1.0) -> dict:
+                scale: float = 1.0, overwrite: bool = True) -> dict:
     """Write one concept as a llama.cpp / repeng control vector (GGUF).
 
     The format repeng writes and llama.cpp's ``--control-vector`` reads: architecture
@@ -169,12 +169,15 @@ def export_gguf(readout_dir: str | Path, concept: str, out: str | Path, *, layer
     ``direction.<layer>`` per layer, where ``<layer>`` is the decoder block whose output it is added to
     (our layer index). llama.cpp never steers block 0, so layer 0 is left out (reported in
     ``skipped``). ``scale`` multiplies the unit vectors; llama.cpp's ``--control-vector-scaled
-    FILE:S`` multiplies again at run time, so alpha = scale x S.
+    FILE:S`` multiplies again at run time, so alpha = scale x S. With ``overwrite=False`` an
+    existing non-empty ``out`` is an error (checked before anything is read).
     """
     import numpy as np
 
+    from slmlab.outputs import check_output
     from slmlab.steer.extract import load_readout
 
+    out = check_output(out, "file", overwrite=overwrite, what="control vector")
     ro = load_readout(readout_dir)
     ro.concept_index(concept)
     chosen = layers if layers else ro.layers

@@ -12,6 +12,7 @@ import typer
 from slmlab.console import console, err_console, quiet_transformers
 
 from slmlab.errors import SlmlabError
+from slmlab.outputs import OVERWRITE_HELP
 
 steer_app = typer.Typer(
     help="Concept vectors: extract from a story corpus, quality report, calibrate steering strength, export to GGUF.",
@@ -46,10 +47,12 @@ def extract_cmd(
     method: str = typer.Option("diff-of-means", "--method", help="diff-of-means or pca (first PC of differences)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Texts per forward."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=8, help="Truncate texts longer than this many tokens."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Extract one unit vector per (layer, concept): diff-of-means of positives vs negatives.
 
-    Each unique text is run once; the corpus and the layer indices are checked before the model loads.
+    Each unique text is run once; the corpus, the layer indices and OUT are checked before the model loads
+    (a non-empty OUT is refused unless --overwrite).
 
     Example: [bold]slmlab steer extract examples/steer --model smollm2-135m --layers 8:24 -o runs/steer[/bold]
     """
@@ -57,7 +60,7 @@ def extract_cmd(
 
     quiet_transformers()
     extract(corpus, model, out, layers=layers, pooling=pooling, method=method, batch_size=batch_size,
-            max_tokens=max_tokens, console=err_console)
+            max_tokens=max_tokens, console=err_console, overwrite=overwrite)
     console.print(str(out))
 
 
@@ -124,14 +127,17 @@ def export_gguf_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output .gguf file."),
     layers: str | None = typer.Option(None, "--layers", "-l", help="Comma-separated layers (default: all extracted except 0)."),
     scale: float = typer.Option(1.0, "--scale", help="Multiply the unit vectors by this before writing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write a llama.cpp / repeng control vector (direction.<layer> tensors) for one concept.
+
+    An existing OUT is refused unless --overwrite.
 
     Example: [bold]slmlab steer export-gguf runs/steer --concept calm -o calm.gguf[/bold]
     """
     from slmlab.steer.apply import export_gguf
 
-    r = export_gguf(readout_dir, concept, out, layers=_ints(layers, "--layers"), scale=scale)
+    r = export_gguf(readout_dir, concept, out, layers=_ints(layers, "--layers"), scale=scale, overwrite=overwrite)
     if r["skipped"]:
         err_console.print("[yellow]note:[/yellow] layer 0 left out (llama.cpp never steers it)")
     cal = r["calibration"]

@@ -493,17 +493,22 @@ def extract(
     max_tokens: int = 512,
     console=None,
     loaded=None,
+    overwrite: bool = True,
 ) -> dict:
     """Run the whole extraction; returns the manifest written to ``OUT/readout.json``.
 
     ``loaded`` = an already loaded ``(model, tokenizer)`` (tests, benchmarks); otherwise
     ``slmlab.models.load(model_spec)`` after preflight. ``console`` (rich) enables progress output.
+    ``out_dir`` is checked right after preflight, before the model loads; with ``overwrite=False`` a
+    non-empty one is an error.
     """
     from safetensors.torch import save
 
     from slmlab.io import atomic_write_bytes
+    from slmlab.outputs import check_output
 
     plan = preflight(corpus_dir, model_spec, layers, pooling, method)
+    out_dir = check_output(out_dir, "dir", overwrite=overwrite, what="output directory")
     corpus, shape = plan.corpus, plan.shape
     say = console.print if console is not None else (lambda *a, **k: None)
     for w in corpus.warnings:

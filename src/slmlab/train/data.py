@@ -64,10 +64,10 @@ def preference_pairs(records: list[dict], default_format: str, tokenizer, where:
     return out
 
 
-def _load_records(path: Path) -> list[dict]:
+def _load_records(path: Path, allow_empty: bool = True) -> list[dict]:
     from slmlab.io import read_jsonl
 
-    return read_jsonl(path)
+    return read_jsonl(path, allow_empty=allow_empty)
 
 
 def prepare_data(config, run_dir: Path, tokenizer, objective) -> TrainData:
@@ -80,7 +80,8 @@ def prepare_data(config, run_dir: Path, tokenizer, objective) -> TrainData:
         where = f"recipe {config.data.recipe}"
     else:
         train_recs = _load_records(Path(config.data.train))
-        eval_recs = _load_records(Path(config.data.eval)) if config.data.eval else []
+        # An eval file was asked for: an empty one is an error, not a silent run without evaluation.
+        eval_recs = _load_records(Path(config.data.eval), allow_empty=False) if config.data.eval else []
         where = config.data.train
     if not train_recs:
         raise TrainingError(f"{where}: the training data is empty")
