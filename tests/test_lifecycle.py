@@ -23,6 +23,21 @@ def _records(n=24):
              "family": "f"} for i in range(n)]
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAt:
+    """An on_step hook that stops the run after step ``n`` (as a crash would)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, step, metrics) -> None:
+        if step == self.n:
+            raise Stop()
+
+
 def _base(tmp_path: Path, **over) -> dict:
     write_jsonl(tmp_path / "train.jsonl", _records())
     base = {"name": "life", "model": "tiny-random", "output_dir": str(tmp_path / "runs"),
@@ -49,15 +64,8 @@ def test_resuming_a_completed_run_keeps_its_results(tmp_path):
 def test_resume_says_where_it_restarts(tmp_path, capsys):
     from slmlab.train.loop import resume_run, run
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Stop()
-
     with pytest.raises(Stop):
-        run(load_train_config(data=_base(tmp_path, max_steps=4)), on_step=stop_at_3)
+        run(load_train_config(data=_base(tmp_path, max_steps=4)), on_step=StopAt(3))
     capsys.readouterr()
     resumed = resume_run(tmp_path / "runs" / "life")
     assert resumed.status == "completed" and resumed.steps == 4
@@ -112,15 +120,8 @@ def test_a_resume_asked_for_more_steps_follows_the_new_schedule(tmp_path):
     from slmlab.train.loop import resume_run, run
     from slmlab.train.state import schedule_factor
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Stop()
-
     with pytest.raises(Stop):
-        run(load_train_config(data=_base(tmp_path, max_steps=4)), on_step=stop_at_3)
+        run(load_train_config(data=_base(tmp_path, max_steps=4)), on_step=StopAt(3))
     run_dir = tmp_path / "runs" / "life"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "max_steps": 8}))
