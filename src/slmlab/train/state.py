@@ -41,6 +41,7 @@ class TrainState:
     accelerator: Any = None
     lm: torch.nn.Module | None = None
     trainable: list = field(default_factory=list)
+    adapter_name: str = "default"  # which of a PeftModel's adapters this state trains
 
     def __post_init__(self) -> None:
         if self.lm is None:
@@ -72,7 +73,8 @@ class TrainState:
         if self.adapter == "lora":
             from peft import get_peft_model_state_dict
 
-            return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+            weights = get_peft_model_state_dict(self.model, adapter_name=self.adapter_name)
+            return {k: v.detach().clone() for k, v in weights.items()}
         seen: set[int] = set()
         out = {}
         for name, t in self.model.state_dict().items():
@@ -86,7 +88,7 @@ class TrainState:
         if self.adapter == "lora":
             from peft import set_peft_model_state_dict
 
-            result = set_peft_model_state_dict(self.model, weights)
+            result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_name)
             unexpected = [k for k in result.unexpected_keys if "lora_" in k]
             if unexpected:
                 raise ValueError(f"{where}: weights do not match the adapter config (unexpected {unexpected[:3]})")
@@ -165,8 +167,13 @@ def schedule_factor(step: int, *, kind: str, total_steps: int, warmup_steps: int
 
 def new_state(model, *, optimizer: str = "adamw", lr: float = 2e-4, weight_decay: float = 0.0,
               schedule: str = "constant", total_steps: int = 1, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
-              max_grad_norm: float | None = 1.0, optimizer_kwargs: dict | None = None) -> TrainState:
-    """A state for ``model`` (PEFT → the adapter is trained; otherwise every parameter that requires grad)."""
+              max_grad_norm: float | None = 1.0, optimizer_kwargs: dict | None = None,
+              adapter_name: str = "default") -> TrainState:
+    """A state for ``model`` (PEFT → adapter ``adapter_name`` is trained; otherwise every parameter that requires grad).
+
+    With several adapters in one PeftModel, make ``adapter_name`` the active one first
+    (``model.set_adapter``): only its weights require grad, so only they reach the optimizer.
+    """
     from peft import PeftModel
 
     from slmlab.train.optim import build_optimizer
@@ -175,4 +182,5 @@ def new_state(model, *, optimizer: str = "adamw", lr: float = 2e-4, weight_decay
     opt = build_optimizer(optimizer, trainable, lr=lr, weight_decay=weight_decay, **(optimizer_kwargs or {}))
     sched = lr_schedule(opt, schedule, total_steps, warmup_steps, min_lr_ratio)
     adapter = "lora" if isinstance(model, PeftModel) else "full"
-    return TrainState(model, opt, sched, adapter=adapter, max_grad_norm=max_grad_norm, trainable=trainable)
+    return TrainState(model, opt, sched, adapter=adapter, max_grad_norm=max_grad_norm, trainable=trainable,
+                      adapter_name=adapter_name)
