@@ -172,9 +172,10 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", []) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
+        param = error_param(first.get("loc", ()))
+        message = first.get("msg", "invalid request").removeprefix("Value error, ")
+        if len({error_param(e.get("loc", ())) for e in exc.errors()}) == 1 and len(exc.errors()) > 1:
+            message = "none of the accepted types matches: " + "; ".join(e["msg"] for e in exc.errors()[:4])
         if first.get("type") == "json_invalid":
             message = f"The body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
             param = None
@@ -185,6 +186,19 @@ def _install_errors(app: FastAPI) -> None:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse(R.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
                             status_code=500)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-after", "function-before", "union"}
+
+
+def error_param(loc) -> str | None:
+    """``("body", "prompt", "list[int]", 0)`` → ``"prompt[0]"``: the field, without pydantic's union tags."""
+    out = ""
+    for part in loc:
+        if part == "body" or (isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
 
 
 def _install_middleware(app: FastAPI, server: Server) -> None:

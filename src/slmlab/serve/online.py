@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -57,6 +58,7 @@ class TrainJob:
     duplicates: list[int] = field(default_factory=list)  # indices of examples already trained on
     reason: str | None = None
     error: str | None = None
+    mode: str | None = None  # "context-frozen" | "exact" (a context under 2 tokens, or ORPO, trains exactly)
     weight_version: int | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -67,7 +69,14 @@ class TrainJob:
         for key in ("context_ids", "continuation_ids", "rejected_ids", "hashes"):
             out.pop(key)
         out["examples"] = len(self.context_ids)
+        out["losses"] = [json_float(x) for x in self.losses]  # JSON has no NaN: a non-finite loss is null
+        out["skipped_steps"] = [{k: json_float(v) for k, v in s.items()} for s in self.skipped_steps]
         return out
+
+
+def json_float(value):
+    """``value`` unless it is a non-finite float (JSON cannot carry NaN or infinity): then None."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def example_hash(adapter: str, context: list[int], continuation: list[int], rejected: list[int] | None) -> str:
@@ -142,7 +151,7 @@ class OnlineTrainer:
                 "running": self.running,
                 "last_error": self.last_error,
                 "adapters": {n: {"steps": t.state.step, "applied": t.applied, "skipped": t.skipped,
-                                 "last_loss": t.last_loss, "examples_trained": len(t.hashes),
+                                 "last_loss": json_float(t.last_loss), "examples_trained": len(t.hashes),
                                  "tokens_seen": t.state.tokens_seen}
                              for n, t in self.trained.items()},
                 "jobs": [j.public() for j in list(self.jobs.values())[-32:]],
@@ -229,9 +238,11 @@ class OnlineTrainer:
         cont = [job.continuation_ids[i] for i in keep]
         if job.rejected_ids is None:
             objective = SFT()
-            return objective, StepBatch.from_token_ids(ctx, cont, objective, pad_id=self.pad_id,
-                                                       frozen=self.config.context_frozen)
+            frozen = self.config.context_frozen and all(len(c) >= 2 for c in ctx)  # frozen mode needs 2+ tokens
+            job.mode = "context-frozen" if frozen else "exact"
+            return objective, StepBatch.from_token_ids(ctx, cont, objective, pad_id=self.pad_id, frozen=frozen)
         objective = ORPO()
+        job.mode = "exact"
         rej = [job.rejected_ids[i] for i in keep]
         contexts = [c for c in ctx for _ in range(2)]
         continuations = [x for pair in zip(cont, rej) for x in pair]  # chosen 2k, rejected 2k+1

@@ -193,6 +193,8 @@ def check_name(name: str) -> str:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", name):
         raise ValueError("an adapter name is 1-64 characters: letters, digits and . _ : - (not first)")
+    if name in "lora_":  # PEFT warns and may mis-map weights: its weight names contain "lora_"
+        raise ValueError(f"the adapter name {name!r} is reserved (it is part of PEFT's own weight names)")
     return name
 
 
