@@ -413,3 +413,35 @@ def assert_same(a, b):
             assert_same(x, y)
     else:
         assert a == b
+
+
+def test_training_an_adapter_loaded_from_a_file_continues_from_it(client):
+    import shutil
+
+    s = server(client)
+    train(client, model="origin", context="continue from", continuation=" the file", steps=4)
+    saved = client.post("/checkpoint", json={"model": "origin"}, headers=AUTH).json()
+    copy_dir = s.config.state_dir / "origin-copy"
+    shutil.copytree(saved["path"], copy_dir)
+    r = client.post("/v1/load_lora_adapter", json={"lora_name": "from-file", "lora_path": str(copy_dir)}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    loaded = score(client, "from-file", "continue from", " the file")["sum"]
+    assert loaded != pytest.approx(score(client, MODEL, "continue from", " the file")["sum"], abs=1e-3)
+    job = train(client, model="from-file", context="something", continuation=" else", lr=1e-9)
+    assert job.status == "done" and job.applied == 1
+    assert score(client, "from-file", "continue from", " the file")["sum"] == pytest.approx(loaded, abs=1e-4)
+    again = client.post("/v1/load_lora_adapter", json={"lora_name": "from-file", "lora_path": str(copy_dir)},
+                        headers=AUTH)
+    assert again.status_code == 409  # trained online now: a reload would silently drop that training
+
+
+def test_train_full_updates_the_base_weights(tmp_path):
+    with make_client(tmp_path, training={"full": True, "optimizer": "adamw", "lr": 1e-3}) as c:
+        before = score(c, MODEL)["sum"]
+        job = train(c, model=MODEL, context="The capital of France is", continuation=" Paris", steps=4)
+        assert job.status == "done" and job.applied == 4, job
+        assert score(c, MODEL)["sum"] > before + 0.3
+        r = c.post("/train", json={"model": "adapter", "context": "a b", "continuation": " c"}, headers=AUTH)
+        assert r.status_code == 400 and "--train-full" in r.json()["error"]["message"]
+        r = c.post("/checkpoint", json={"model": MODEL}, headers=AUTH)
+        assert r.status_code == 400 and "only adapters" in r.json()["error"]["message"]

@@ -277,11 +277,14 @@ class OnlineTrainer:
         from slmlab.watch.recovery import SpikeDetector
 
         c = self.config
+        source = self.engine.adapters.sources.get(name)  # served from a file: training continues from it
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)  # a new LoRA's initial weights depend only on the seed
             if c.full:
                 for p in self.model.parameters():
                     p.requires_grad_(True)
+            elif source is not None and Path(source).is_dir():
+                self._load_adapter(name, source)
             elif isinstance(self.model, PeftModel):
                 self.model.add_adapter(name, self.lora_config())
             else:
@@ -293,6 +296,14 @@ class OnlineTrainer:
                           max_grad_norm=c.max_grad_norm, optimizer_kwargs=c.optimizer_kwargs,
                           adapter_name=name)
         return Trained(name, state, SpikeDetector(z=c.spike_z))
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(path, adapter_name=name, is_trainable=True)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=True)
 
     def _publish(self, trained: Trained) -> int:
         weights = trained.state.weights()

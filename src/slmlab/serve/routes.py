@@ -390,6 +390,9 @@ async def checkpoint(body: CheckpointBody, request: Request):
     s = server_of(request)
     if s.config.state_dir is None:
         raise ApiError(400, "checkpoints need a state directory: start the server with --state-dir DIR")
+    if body.model in (s.config.base_name, s.config.model):
+        raise ApiError(400, "only adapters are checkpointed; full weights trained with --train-full are not "
+                            "(export them with slmlab export from a training run instead)", param="model")
     if body.model not in s.engine.adapters.names:
         raise ApiError(404, f"no adapter named {body.model!r} is served", param="model", code="model_not_found")
     target = s.allowed_path(body.target, "target") if body.target else None
