@@ -445,3 +445,23 @@ def test_train_full_updates_the_base_weights(tmp_path):
         assert r.status_code == 400 and "--train-full" in r.json()["error"]["message"]
         r = c.post("/checkpoint", json={"model": MODEL}, headers=AUTH)
         assert r.status_code == 400 and "only adapters" in r.json()["error"]["message"]
+
+
+@pytest.mark.integration
+def test_smollm2_answers_in_chat_and_learns_a_fact_online(tmp_path):
+    from slmlab.models import load
+
+    model, tok = load("smollm2-135m")
+    config = ServeConfig(model="smollm2-135m", api_key=KEY, state_dir=tmp_path / "state")
+    with TestClient(create_app(config, model=model, tokenizer=tok)) as c:
+        chat = c.post("/v1/chat/completions", json={"model": "smollm2-135m", "temperature": 0, "max_tokens": 12,
+                                                    "messages": [{"role": "user", "content": "What is 2 + 2?"}]})
+        assert chat.status_code == 200 and "4" in chat.json()["choices"][0]["message"]["content"]
+        fact = {"prompt": "The name of the lab's cat is", "continuation": " Zorblax"}
+        before = c.post("/score", json={"model": "smollm2-135m", **fact}).json()["sum"]
+        r = c.post("/train", json={"model": "cat", "context": fact["prompt"], "continuation": fact["continuation"],
+                                   "steps": 4, "lr": 1e-3}, headers=AUTH)
+        job = c.app.state.server.trainer.wait(r.json()["id"], timeout=300)
+        after = c.post("/score", json={"model": "cat", **fact}).json()
+        assert job.status == "done" and job.applied == 4 and job.mode == "context-frozen"
+        assert after["sum"] > before + 2.0, (before, after["sum"], job.losses)

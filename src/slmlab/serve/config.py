@@ -30,6 +30,8 @@ class OnlineTrainingConfig(StrictModel):
     spike_z: float = Field(6.0, gt=0, description="A step whose loss or grad norm is this many σ above the "
                                                   "adapter's recent steps is not applied (non-finite: never applied).")
     seed: int = Field(0, ge=0, description="Seed of the trainer (LoRA init, optimizer projections).")
+    threads: int | None = Field(None, ge=1, description="CPU threads of the training thread (default: half the "
+                                                        "cores), so that inference keeps the rest.")
 
 
 class ServeConfig(StrictModel):

@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import math
 import queue
 import threading
@@ -179,6 +180,8 @@ class OnlineTrainer:
             self.jobs.pop(next(iter(self.jobs)))
 
     def _loop(self) -> None:
+        # torch's CPU thread count is per thread (OpenMP): the trainer takes its share, inference keeps its own.
+        torch.set_num_threads(self.config.threads or max(1, (os.cpu_count() or 2) // 2))
         while True:
             job_id = self._queue.get()
             if job_id is None:
