@@ -116,7 +116,8 @@ def test_eos_ends_a_row_with_stop(model_tok):
     first = free.token_ids[0]
     rows = [Row(prompt, Sampling(max_tokens=8))]
     res = decode(model, tok, rows, eos_ids={first}, pad_id=tok.pad_token_id, mixed_adapters=False)[0]
-    assert res.finish_reason == "stop" and res.token_ids == []
+    assert res.finish_reason == "stop" and res.text == ""
+    assert res.token_ids == [first] and len(res.logprobs) == 1  # the EOS is kept with its log-prob, not in the text
 
 
 def test_helpers_for_stop_strings():

@@ -187,14 +187,14 @@ class BatchDecoder:
 
     def _record(self, row: Row, res: RowResult, token: int, logprobs: torch.Tensor) -> None:
         s = row.sampling
+        res.token_ids.append(token)  # an EOS is kept with its log-prob (lm-eval sums up to it), never in the text
+        res.logprobs.append(float(logprobs[token]))
+        if s.logprobs is not None:
+            res.top_logprobs.append(top_k(logprobs[None], s.logprobs)[0])
         if token in self.eos_ids and not s.ignore_eos:
             res.finish_reason, res.done = "stop", True
             self._emit(row, res, final=True)
             return
-        res.token_ids.append(token)
-        res.logprobs.append(float(logprobs[token]))
-        if s.logprobs is not None:
-            res.top_logprobs.append(top_k(logprobs[None], s.logprobs)[0])
         res.text = self.tokenizer.decode(res.token_ids, skip_special_tokens=True)
         cut = stop_cut(res.text, s.stop)
         if cut is not None:
