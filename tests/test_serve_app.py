@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -465,3 +466,33 @@ def test_smollm2_answers_in_chat_and_learns_a_fact_online(tmp_path):
         after = c.post("/score", json={"model": "cat", **fact}).json()
         assert job.status == "done" and job.applied == 4 and job.mode == "context-frozen"
         assert after["sum"] > before + 2.0, (before, after["sum"], job.losses)
+
+
+def test_readout_scores_each_generated_token(tmp_path):
+    from slmlab.models import load
+    from slmlab.steer.apply import token_scores
+    from slmlab.steer.extract import extract, load_readout
+    from test_steer import write_corpus
+
+    model, tok = load(MODEL)
+    corpus = write_corpus(tmp_path / "corpus", {"joy": "She laughed in the sun.", "fear": "A noise in the dark."},
+                          {"bus": {"baseline": "The bus was late.", "joy": "The bus was late and she danced.",
+                                   "fear": "The bus was late and the street was dark."}})
+    extract(corpus, MODEL, tmp_path / "vectors", loaded=(model, tok))
+    config = ServeConfig(model=MODEL, readout=tmp_path / "vectors")
+    with TestClient(create_app(config, model=model, tokenizer=tok)) as c:
+        out = c.post("/v1/completions", json={"model": MODEL, "prompt": "Hello there", "max_tokens": 5,
+                                              "temperature": 0, "readout": True, "ignore_eos": True}).json()
+        ro = out["choices"][0]["readout"]
+        assert ro["concepts"] == ["fear", "joy"] and len(ro["scores"]) == 5 and len(ro["scores"][0]) == 2
+        ids = tok("Hello there", add_special_tokens=False)["input_ids"]
+        (res,), _ = server(c).engine.submit([Row(ids, Sampling(max_tokens=5, ignore_eos=True))]).result(30)
+        gen_ids = res.token_ids
+        vectors = load_readout(tmp_path / "vectors")
+        layer = vectors.layers[-1]
+        expected = token_scores(model, ids + gen_ids, len(ids), {layer: vectors.vectors[layer]})[layer]
+        assert np.asarray(ro["scores"]) == pytest.approx(expected, abs=1e-4)
+        assert c.get("/health").json()["readout"] == ["fear", "joy"]
+    with make_client(tmp_path) as plain:
+        r = plain.post("/v1/completions", json={"model": MODEL, "prompt": "x", "readout": True})
+        assert r.status_code == 400 and "--readout" in r.json()["error"]["message"]

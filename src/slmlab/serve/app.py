@@ -47,8 +47,9 @@ class Server:
         self.config, self.tokenizer = config, tokenizer
         self.metrics = ServerMetrics()
         trainer_model = private_copy(model) if config.api_key else None  # before adapters are injected
+        self.readout = load_readout_for(config.readout, model)
         self.engine = Engine(model, tokenizer, base_name=config.base_name, max_batch=config.max_batch,
-                             batch_wait=config.batch_wait_ms / 1000, metrics=self.metrics)
+                             batch_wait=config.batch_wait_ms / 1000, metrics=self.metrics, readout=self.readout)
         for name, path in config.adapters.items():
             self.engine.adapters.load(name, str(resolve_adapter_dir(path, config.model)))
         self.trainer = None
@@ -119,6 +120,23 @@ class Server:
             raise ApiError(403, f"{param} {path!r} is not under an allowed directory ({where})", "permission_error",
                            param=param)
         return resolved
+
+
+def load_readout_for(path, model):
+    """The concept vectors of ``--readout`` (checked to belong to ``model``), or None."""
+    if path is None:
+        return None
+    from slmlab.steer.extract import load_readout
+
+    readout = load_readout(path)
+    readout.check_model(model)
+    return readout
+
+
+def readout_payload(server: Server, scores: list[list[float]] | None) -> dict | None:
+    if scores is None or server.readout is None:
+        return None
+    return {"concepts": server.readout.concepts, "layer": server.readout.layers[-1], "scores": scores}
 
 
 def resolve_adapter_dir(path: str | Path, model_spec: str) -> Path:

@@ -22,6 +22,8 @@ def serve_cmd(
                                                                  "one of these (repeatable; the state dir is allowed)."),
     train_full: bool = typer.Option(False, "--train-full", help="/train updates the base model's weights "
                                                                 "instead of a LoRA per name."),
+    readout: Path | None = typer.Option(None, "--readout", help="Concept vectors (a slmlab steer extract dir): "
+                                                                "requests with readout: true get per-token scores."),
     config: Path | None = typer.Option(None, "--config", help="A YAML file of server settings (flags override it)."),
     set_: list[str] = typer.Option([], "--set", help="Override one setting: KEY=VALUE, e.g. training.lr=1e-4."),
 ) -> None:
@@ -36,7 +38,8 @@ def serve_cmd(
     from slmlab.serve import build_config, run
 
     flags = {"model": model, "host": host, "port": port, "state_dir": state_dir, "allowed_dirs": allow_dir,
-             "adapters": _pairs(adapter), "train_full": train_full, "api_key_file": api_key_file}
+             "adapters": _pairs(adapter), "train_full": train_full, "api_key_file": api_key_file,
+             "readout": readout}
     settings = build_config(config, flags, set_)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[yellow]warning:[/yellow] binding {settings.host}: the server is reachable from other "

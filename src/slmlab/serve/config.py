@@ -38,6 +38,8 @@ class ServeConfig(StrictModel):
     model: str = Field("smollm2-135m", description="Model spec (smollm2-135m, tiny-random, a path).")
     seed: int = Field(0, description="Seed for tiny-random's weights.")
     adapters: dict[str, str] = Field(default_factory=dict, description="NAME → run directory or PEFT adapter dir.")
+    readout: Path | None = Field(None, description="A `slmlab steer extract` directory: requests may ask for "
+                                                   "per-token concept scores (`readout: true`).")
     served_name: str | None = Field(None, description="The base model's name in /v1/models (default: the spec).")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

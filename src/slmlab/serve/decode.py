@@ -47,6 +47,7 @@ class Row:
     sampling: Sampling
     adapter: str | None = None  # None: the base model
     on_text: Callable[[str], None] | None = None  # streaming: called with each new piece of text
+    readout: bool = False  # score each generated token on the server's concept vectors
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RowResult:
     prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)
     emitted: int = 0  # characters of text already streamed
     done: bool = False
+    readout: list[list[float]] | None = None  # per generated token, one score per concept
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

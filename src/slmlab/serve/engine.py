@@ -151,7 +151,7 @@ class Engine:
     """Owns the serving model and the thread that decodes on it; see the module docstring."""
 
     def __init__(self, model, tokenizer, *, base_name: str, max_batch: int = 32, batch_wait: float = 0.01,
-                 metrics=None):
+                 metrics=None, readout=None):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -161,6 +161,7 @@ class Engine:
         self.version = 0
         self.stats = EngineStats()
         self.metrics = metrics  # a ServerMetrics, or None
+        self.readout = readout  # a steer Readout (concept vectors), or None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = {tokenizer.eos_token_id} | set(_generation_eos(model))
         self._queue: queue.Queue = queue.Queue()
@@ -265,11 +266,27 @@ class Engine:
             for item in work:
                 item.future.set_exception(e)
             return
+        if self.readout is not None:
+            self._score_readout(rows, results, mixed)
         self._count(rows, results)
         start = 0
         for item in work:
             item.future.set_result((results[start:start + len(item.rows)], self.version))
             start += len(item.rows)
+
+    def _score_readout(self, rows: list[Row], results: list[RowResult], mixed: bool) -> None:
+        """Concept scores of each generated token at the readout's last layer (one forward per row)."""
+        from slmlab.steer.apply import token_scores
+
+        layer = self.readout.layers[-1]
+        for row, res in zip(rows, results):
+            if not row.readout or not res.token_ids:
+                continue
+            kwargs = {"adapter_names": [row.adapter or "__base__"]} if mixed else {}
+            with torch.inference_mode():
+                scores = token_scores(self.model, row.prompt_ids + res.token_ids, len(row.prompt_ids),
+                                      {layer: self.readout.vectors[layer]}, kwargs)
+            res.readout = [[round(float(x), 5) for x in r] for r in scores[layer]]
 
     def _count(self, rows: list[Row], results: list[RowResult]) -> None:
         s = self.stats

@@ -31,6 +31,7 @@ class SamplingBody(Body):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
+    readout: bool = False  # slmlab extension: per-token concept scores (server started with --readout)
 
     @model_validator(mode="after")
     def _unsupported(self):

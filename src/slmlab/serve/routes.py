@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmlab.serve import responses as R
-from slmlab.serve.app import ApiError, Server, resolve_adapter_dir, sampling_of
+from slmlab.serve.app import ApiError, Server, readout_payload, resolve_adapter_dir, sampling_of
 from slmlab.serve.decode import Row
 from slmlab.serve.protocol import (
     ChatBody,
@@ -54,7 +54,7 @@ async def health(request: Request):
     s = server_of(request)
     return {"status": "ok", "model": s.config.base_name, "adapters": s.engine.adapters.names,
             "weight_version": s.engine.version, "training": s.trainer is not None,
-            "queue": s.engine.queue_depth}
+            "queue": s.engine.queue_depth, "readout": s.readout.concepts if s.readout is not None else None}
 
 
 @router.get("/v1/models")
@@ -95,8 +95,9 @@ async def completions(body: CompletionBody, request: Request):
     for i, ids in enumerate(prompt_ids):
         s.check_ids(ids, f"prompt[{i}]" if len(prompt_ids) > 1 else "prompt")
         s.check_budget(len(ids), max_tokens)
-    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=body.logprobs, echo=body.echo), adapter)
-            for ids in prompt_ids for j in range(body.n)]
+    _check_readout(s, body)
+    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=body.logprobs, echo=body.echo), adapter,
+                readout=body.readout) for ids in prompt_ids for j in range(body.n)]
     if body.stream:
         return _stream(s, rows, body.model, chat=False, include_usage=_include_usage(body))
     results, version = await s.run(rows)
@@ -108,6 +109,8 @@ async def completions(body: CompletionBody, request: Request):
                                   "logprobs": None}
         if body.logprobs is not None:
             choice["logprobs"] = R.completion_logprobs(s.tokenizer, ids, res, body.echo, prompt_text)
+        if body.readout:
+            choice["readout"] = readout_payload(s, res.readout)
         choices.append(choice)
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
     generated = sum(len(r.token_ids) for r in results)
@@ -124,16 +127,27 @@ async def chat(body: ChatBody, request: Request):
     s.check_ids(ids, "messages")
     s.check_budget(len(ids), max_tokens, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
-    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=top), adapter) for j in range(body.n)]
+    _check_readout(s, body)
+    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=top), adapter, readout=body.readout)
+            for j in range(body.n)]
     if body.stream:
         return _stream(s, rows, body.model, chat=True, include_usage=_include_usage(body))
     results, version = await s.run(rows)
     choices = [{"index": j, "message": {"role": "assistant", "content": res.text},
                 "finish_reason": res.finish_reason,
-                "logprobs": R.chat_logprobs(s.tokenizer, res) if body.logprobs else None}
+                "logprobs": R.chat_logprobs(s.tokenizer, res) if body.logprobs else None,
+                **({"readout": readout_payload(s, res.readout)} if body.readout else {})}
                for j, res in enumerate(results)]
     generated = sum(len(r.token_ids) for r in results)
     return versioned(R.chat_response(body.model, choices, len(ids), generated, version), version)
+
+
+def _check_readout(s: Server, body) -> None:
+    if body.readout and s.readout is None:
+        raise ApiError(400, "readout needs concept vectors: start the server with --readout DIR "
+                            "(a slmlab steer extract output)", param="readout")
+    if body.readout and body.stream:
+        raise ApiError(400, "readout is not available with stream: true", param="readout")
 
 
 def _check_n(s: Server, n: int) -> None:

@@ -92,11 +92,12 @@ class ReadoutResult:
         return s.mean(0) if len(s) else np.zeros(len(self.concepts))
 
 
-def token_scores(model, input_ids: list[int], start: int, layer_vectors: dict):
+def token_scores(model, input_ids: list[int], start: int, layer_vectors: dict, forward_kwargs: dict | None = None):
     """Project the residual at positions ``start:`` of ``input_ids`` on each layer's vectors.
 
     ``layer_vectors``: layer -> ``[n_concepts, hidden]`` (unit rows). Returns layer -> ndarray
-    ``[len(input_ids) - start, n_concepts]``. One forward, no steering applied here.
+    ``[len(input_ids) - start, n_concepts]``. One forward, no steering applied here;
+    ``forward_kwargs`` go to the forward (the server passes PEFT's ``adapter_names``).
     """
     import torch
 
@@ -116,7 +117,7 @@ def token_scores(model, input_ids: list[int], start: int, layer_vectors: dict):
         for layer in layer_vectors:
             handles.append(blocks[layer].register_forward_hook(hook(layer)))
         with torch.no_grad():
-            model(input_ids=torch.tensor([input_ids]), use_cache=False)
+            model(input_ids=torch.tensor([input_ids]), use_cache=False, **(forward_kwargs or {}))
     finally:
         for h in handles:
             h.remove()
