@@ -17,6 +17,7 @@ from slmlab.console import Table, console, err_console, plain, print_dataset_sum
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import RunInterrupted, SlmlabError
 from slmlab.outputs import OVERWRITE_HELP
+from slmlab.compare.cli import series_app
 from slmlab.serve.cli import serve_cmd
 from slmlab.steer.cli import steer_app
 
@@ -32,6 +33,7 @@ basins_app = typer.Typer(help="Degeneration basins: label generations, map a mod
 app.add_typer(basins_app, name="basins")
 app.add_typer(steer_app, name="steer")
 app.command("serve")(serve_cmd)
+app.add_typer(series_app, name="series")
 
 # --------------------------------------------------------------------------- models
 
