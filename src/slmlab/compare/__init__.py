@@ -1,0 +1,1 @@
+"""slmlab compare: experiment series with honest statistics."""
