@@ -202,3 +202,72 @@ def test_ray_executor_gives_the_same_numbers(clean_series, tmp_path):
         ray.shutdown()
     assert all(r["status"] == "done" for r in results)
     assert comparable(records(tmp_path / "out")) == comparable(records(clean_series[1]))
+
+
+# ---------------------------------------------------------------------- compare
+
+
+def test_compare_a_series_rows_verdicts_and_files(clean_series):
+    from slmlab.compare.compare import compare
+    from slmlab.compare.report import text_rows, to_csv, to_markdown
+    from slmlab.compare.stats import LABELS
+
+    _, out, _ = clean_series
+    comp = compare([out])
+    assert comp.baseline == "adapter.r=4" and comp.primary.metric == "eval_loss"
+    rows = text_rows(comp)
+    assert {(r[0], r[1]) for r in rows} >= {("adapter.r=4", "eval_loss"), ("adapter.r=8", "eval_loss")}
+    verdict = {(r[0], r[1]): r[-1] for r in rows}
+    assert verdict[("adapter.r=4", "eval_loss")] == "baseline"
+    assert verdict[("adapter.r=8", "eval_loss")] in LABELS
+    s = comp.summaries["adapter.r=8"]["eval_loss"]
+    values = list(comp.cells[1].values["eval_loss"].values())
+    assert s.n == 3 and s.mean == pytest.approx(sum(values) / 3) and s.ci[0] < s.mean < s.ci[1]
+    d = comp.differences["adapter.r=8"]["eval_loss"]
+    base = comp.cells[0].values["eval_loss"]
+    assert d.mean == pytest.approx(sum(v - base[k] for k, v in comp.cells[1].values["eval_loss"].items()) / 3)
+    assert comp.effects["eval_loss"]["factors"] == ["adapter.r"]
+    assert "adapter.r=8,eval_loss" in to_csv(comp).replace('"', "")
+    assert "| adapter.r=8 | eval_loss |" in to_markdown(comp)
+
+
+def test_compare_cli_greps_and_writes_a_self_contained_report(clean_series, tmp_path):
+    from typer.testing import CliRunner
+
+    from slmlab.cli import app
+
+    _, out, _ = clean_series
+    res = CliRunner().invoke(app, ["compare", str(out), "-o", str(tmp_path / "cmp"), "--html", "--csv",
+                                   "--markdown", "--export"], terminal_width=80)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "adapter.r=8" in ln and "eval_loss" in ln]
+    assert len(lines) == 1 and ("within noise" in lines[0] or "better" in lines[0] or "worse" in lines[0])
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "<svg" in html and "class='band'" in html and "class='bar'" in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["baseline"] == "adapter.r=4"
+    assert (tmp_path / "cmp" / "exports" / "adapter.r=8" / "adapter_config.json").is_file()
+
+
+def test_compare_run_directories_equals_the_series_view(clean_series):
+    from slmlab.compare.compare import compare
+
+    _, out, _ = clean_series
+    runs = sorted(out.glob("cells/adapter.r=4/seed-*")) + sorted(out.glob("cells/adapter.r=8/seed-*"))
+    by_runs = compare(runs, metric="eval_loss", minimum_effect=0.01, higher_is_better=False)
+    by_series = compare([out])
+    a = [(s.n, s.mean) for c in by_runs.cells for s in [by_runs.summaries[c.name]["eval_loss"]]]
+    b = [(s.n, s.mean) for c in by_series.cells for s in [by_series.summaries[c.name]["eval_loss"]]]
+    assert a == b
+    assert [v.label for v in by_runs.verdicts[by_runs.cells[1].name].values()] == \
+        [v.label for v in by_series.verdicts["adapter.r=8"].values()]
+
+
+def test_a_single_seed_gets_no_verdict(tmp_path):
+    from slmlab.compare.compare import compare
+    from slmlab.compare.series import run_series
+
+    spec = write_spec(tmp_path, SPEC.replace("seeds: [0, 1, 2]", "seeds: [0]").replace("evals: [logic]", "evals: []"))
+    run_series(spec, tmp_path / "out")
+    comp = compare([tmp_path / "out"])
+    assert {v.label for ms in comp.verdicts.values() for v in ms.values()} == {"single run: no verdict"}

@@ -13,11 +13,18 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from slmlab.console import Table, console, err_console, plain, print_dataset_summary
+from slmlab.compare.cli import compare_cmd, series_app
+from slmlab.console import (
+    Table,
+    console,
+    err_console,
+    plain,
+    print_dataset_summary,
+    print_table,
+)
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import RunInterrupted, SlmlabError
 from slmlab.outputs import OVERWRITE_HELP
-from slmlab.compare.cli import series_app
 from slmlab.serve.cli import serve_cmd
 from slmlab.steer.cli import steer_app
 
@@ -34,6 +41,7 @@ app.add_typer(basins_app, name="basins")
 app.add_typer(steer_app, name="steer")
 app.command("serve")(serve_cmd)
 app.add_typer(series_app, name="series")
+app.command("compare")(compare_cmd)
 
 # --------------------------------------------------------------------------- models
 
@@ -349,9 +357,6 @@ def runs_cmd(output_dir: Path = typer.Option(Path("runs"), "--dir", help="Direct
     """
     from datetime import datetime
 
-    from rich.console import Console
-    from rich.measure import Measurement
-
     from slmlab.runs import list_runs
 
     runs = list_runs(output_dir)
@@ -362,12 +367,7 @@ def runs_cmd(output_dir: Path = typer.Option(Path("runs"), "--dir", help="Direct
     for r in runs:
         table.add_row(r.name, r.status, r.model, r.objective, str(r.step), fmt(r.final_loss), fmt(r.eval_loss),
                       datetime.fromtimestamp(r.updated).strftime("%Y-%m-%d %H:%M"))
-    if console.is_terminal:
-        console.print(table)
-        return
-    # Piped or redirected: as wide as the table needs, one line per run, for grep and scripts.
-    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
-    Console(file=console.file, width=max(width, console.width), no_color=console.no_color).print(table)
+    print_table(table)
 
 
 @app.command("export")

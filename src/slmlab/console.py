@@ -27,6 +27,19 @@ class Table(_rich_table.Table):
         super().add_row(*(Text(c) if isinstance(c, str) else c for c in renderables), **kwargs)
 
 
+def print_table(table: Table) -> None:
+    """On a terminal, as rich lays it out (long cells fold, nothing is cut); piped or redirected, as wide
+    as the table needs, one line per row, for grep and scripts."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    Console(file=console.file, width=max(width, console.width), no_color=console.no_color).print(table)
+
+
 def plain(value) -> str:
     """``value`` as text safe to embed in a markup string (``[`` is not read as a style)."""
     return escape(str(value))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from slmlab.console import Table, console
+from slmlab.console import Table, console, print_table
 
 series_app = typer.Typer(help="Experiment series: grids x seeds, run locally or on Ray, resumable.",
                          no_args_is_help=True)
@@ -56,9 +56,64 @@ def series_status_cmd(out: Path = typer.Argument(..., help="A series directory."
 
     table = Table(title=f"series {out}")
     for col in ("cell", "seed", "status", "attempts", "primary", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for row in series_status(out):
         primary = "" if row["primary"] is None else f"{row['primary']:.4g}"
         table.add_row(row["cell"], str(row["seed"]), row["status"], str(row["attempts"]), primary,
-                      (row["error"] or "")[:80])
-    console.print(table)
+                      row["error"] or "")
+    print_table(table)
+
+
+def compare_cmd(
+    paths: list[Path] = typer.Argument(..., help="A series directory, or run directories (same config, several seeds)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="The cell to compare against (default: the spec's)."),
+    metric: str | None = typer.Option(None, "--metric", help="The primary metric (default: the spec's)."),
+    minimum_effect: float | None = typer.Option(None, "--minimum-effect", help="Smallest difference that matters."),
+    lower_is_better: bool = typer.Option(False, "--lower-is-better", help="With --metric: lower values are better."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Write compare.json (+ --html/--csv/--markdown) here "
+                                                           "(default: the series directory)."),
+    json_: bool = typer.Option(False, "--json", help="Print the whole comparison as JSON instead of the table."),
+    html: bool = typer.Option(False, "--html", help="Also write compare.html (self-contained, opens offline)."),
+    csv_: bool = typer.Option(False, "--csv", help="Also write compare.csv."),
+    markdown: bool = typer.Option(False, "--markdown", help="Also write compare.md (for notes)."),
+    export: bool = typer.Option(False, "--export", help="Copy each cell's best-seed adapter to exports/<cell>/."),
+) -> None:
+    """Mean ± 95% CI per cell and metric over seeds, differences vs the baseline paired by seed, and a
+    verdict per cell: better / worse / within noise (single run: no verdict).
+
+    Example: [bold]slmlab compare series/v9 --html --markdown[/bold]
+    """
+    import json
+
+    from slmlab.compare.compare import compare
+    from slmlab.compare.report import (
+        TEXT_COLUMNS,
+        export_best,
+        text_rows,
+        to_json,
+        write_outputs,
+    )
+
+    comp = compare(paths, baseline=baseline, metric=metric, minimum_effect=minimum_effect,
+                   higher_is_better=(not lower_is_better) if metric else None)
+    if json_:
+        console.print_json(json.dumps(to_json(comp), default=str))
+    else:
+        table = Table(title=f"compare {comp.name} (baseline: {comp.baseline})")
+        for col in TEXT_COLUMNS:
+            table.add_column(col, overflow="fold")
+        for row in text_rows(comp):
+            table.add_row(*row)
+        print_table(table)
+    series_dir = paths[0] if len(paths) == 1 and (paths[0] / "series.json").is_file() else None
+    target = out or series_dir
+    if target is None and (html or csv_ or markdown or export):
+        from slmlab.errors import SlmlabError
+
+        raise SlmlabError("--html/--csv/--markdown/--export need -o DIR when comparing run directories")
+    for path in write_outputs(comp, target, html=html, csv_=csv_, markdown=markdown):
+        if not json_:
+            console.print(f"wrote {path}", markup=False, highlight=False)
+    if export and target is not None:
+        for cell, dest in export_best(comp, target).items():
+            console.print(f"exported {cell} → {dest}", markup=False, highlight=False)

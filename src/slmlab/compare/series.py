@@ -152,7 +152,7 @@ def provenance(task: RunTask) -> dict[str, Any]:
 
 def git_sha(path: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
                              timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
