@@ -25,8 +25,15 @@ def series_run_cmd(
     Example: [bold]slmlab series run examples/series/v9-goldilocks.yaml -o series/v9[/bold]
     """
     from slmlab.compare.series import run_series
+    from slmlab.compare.spec import load_series
 
-    printer = RecordPrinter()
+    checked = load_series(spec)
+    primary = checked.spec.primary.metric if checked.spec.primary else None
+    printer = RecordPrinter(len(checked.cells) * len(checked.spec.seeds), primary)
+    if (out / "series.json").is_file():  # resuming: count the runs already done
+        from slmlab.compare.series import series_status
+
+        printer.done = sum(r["status"] == "done" for r in series_status(out))
     records = run_series(spec, out, executor=executor, max_parallel=max_parallel, address=address,
                          on_record=printer)
     failed = [r for r in records if r["status"] != "done"]
@@ -38,12 +45,20 @@ def series_run_cmd(
 
 
 class RecordPrinter:
-    """Prints one line per finished run (works the same on a terminal and in a log)."""
+    """One progress line per finished run, ``[k/N] cell seed s: status (primary = value)``, the same on a
+    terminal and in a log."""
+
+    def __init__(self, total: int = 0, primary: str | None = None):
+        self.total, self.primary, self.done = total, primary, 0
 
     def __call__(self, task, record: dict) -> None:
+        self.done += 1
         status = record["status"]
-        extra = f" ({record.get('error')})" if status != "done" else ""
-        console.print(f"{task.cell} seed {task.seed}: {status}{extra}", markup=False, highlight=False)
+        value = (record.get("metrics") or {}).get(self.primary) if self.primary else None
+        extra = f" ({record.get('error')})" if status != "done" else (
+            f" ({self.primary} = {value:.4g})" if isinstance(value, (int, float)) else "")
+        console.print(f"[{self.done}/{self.total}] {task.cell} seed {task.seed}: {status}{extra}", markup=False,
+                      highlight=False)
 
 
 @series_app.command("status")
