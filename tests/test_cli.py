@@ -14,6 +14,8 @@ COMMANDS = [
     ["eval"], ["basins", "label"], ["basins", "map"], ["basins", "compare"], ["basins", "predict"], ["data", "curate"],
     ["steer", "extract"], ["steer", "quality"], ["steer", "calibrate"], ["steer", "export-gguf"], ["quickstart"],
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
+    ["serve"], ["series", "run"], ["series", "status"], ["compare"],
+    ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"],
 ]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
+from slmlab.adapters.cli import adapters_app
 from slmlab.compare.cli import compare_cmd, series_app
 from slmlab.console import (
     Table,
@@ -42,6 +43,7 @@ app.add_typer(steer_app, name="steer")
 app.command("serve")(serve_cmd)
 app.add_typer(series_app, name="series")
 app.command("compare")(compare_cmd)
+app.add_typer(adapters_app, name="adapters")
 
 # --------------------------------------------------------------------------- models
 
