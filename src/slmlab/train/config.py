@@ -33,8 +33,29 @@ class AdapterConfig(StrictModel):
 class DataConfig(StrictModel):
     recipe: str | None = Field(None, description="A recipe name or YAML path; generated into the run dir.")
     count: int | None = Field(None, gt=0, description="Total examples to generate from the recipe.")
-    train: str | None = Field(None, description="A training JSONL file (instead of a recipe).")
-    eval: str | None = Field(None, description="An evaluation JSONL file (default: the recipe's test split).")
+    train: str | None = Field(
+        None,
+        description="Training data (instead of a recipe): JSONL, JSON, Parquet or CSV, or a datasets save_to_disk "
+        "directory; slmlab records (input/output) or TRL's shapes (prompt/completion, messages, "
+        "prompt/chosen/rejected, text), detected per file (docs/datasets.md).",
+    )
+    eval: str | None = Field(
+        None,
+        description="Evaluation data, the same kinds of files and shapes as `train` (default: the recipe's test split).",
+    )
+    split: str | None = Field(
+        None, description="Split of a save_to_disk DatasetDict to train on (default: its only split, else `train`)."
+    )
+    eval_split: str | None = Field(
+        None,
+        description="Split of a save_to_disk DatasetDict to evaluate on (default: its only split, else `test`, "
+        "`validation` or `eval`).",
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="Rename the files' columns to a shape's keys before detection, e.g. "
+        "{question: prompt, answer: completion}; applies to `train` and `eval`.",
+    )
     format: str = Field("v6", description="Prompt template for records without their own `format`/`role`.")
     max_length: int = Field(512, ge=8, description="Longest example in tokens (prompt + completion).")
     truncation: Literal["drop", "left"] = Field(
@@ -42,10 +63,29 @@ class DataConfig(StrictModel):
     )
     packing: bool = Field(True, description="Pack several examples per row with block-diagonal attention.")
 
+    @field_validator("columns")
+    @classmethod
+    def _renames(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if any(not k or not t for k, t in v.items()):
+            raise ValueError("column names must not be empty")
+        targets = list(v.values())
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"several columns map to {', '.join(map(repr, twice))}; each key may be mapped to once")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if (self.recipe is None) == (self.train is None):
             raise ValueError("give exactly one of `data.recipe` or `data.train`")
+        if self.recipe is not None:
+            given = [k for k in ("split", "eval_split", "columns") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"`data.{given[0]}` applies to data.train/data.eval files, not to a recipe")
+        if self.eval_split is not None and self.eval is None:
+            raise ValueError("`data.eval_split` needs `data.eval`")
         return self
 
 

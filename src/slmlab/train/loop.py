@@ -198,8 +198,8 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
 def _check_inputs(config: TrainConfig) -> None:
     """Every input path exists before anything (tokenizer, model) is loaded."""
     for key, value in (("data.train", config.data.train), ("data.eval", config.data.eval)):
-        if value is not None and not Path(value).is_file():
-            raise TrainingError(f"{key}: {value}: no such file")
+        if value is not None and not Path(value).exists():  # a file, or a datasets.save_to_disk directory
+            raise TrainingError(f"{key}: {value}: no such file or directory")
 
 
 def _claim_run_dir(config: TrainConfig, accelerator, resume: bool) -> bool:
@@ -644,7 +644,8 @@ def finish(r: Run) -> RunResult:
             "train": {"final_loss": finite(r.losses[-1]) if r.losses else None, "eval_loss": eval_loss,
                       "tokens_seen": state.tokens_seen, "examples": len(r.data.train), "elapsed_s": r.elapsed(),
                       "truncated_prompts": stats.prompt_truncated, "truncated_completions": stats.completion_truncated,
-                      "dropped_examples": stats.dropped},
+                      "dropped_examples": stats.dropped, "refused_examples": getattr(stats, "refused", 0),
+                      "data_shape": getattr(r.data, "shape", None)},
             "memory": {"peak_rss_mb": peak_rss_mb(), "optimizer_state_bytes": optimizer_state_bytes(state.optimizer),
                        "trainable_params": sum(p.numel() for p in state.trainable)},
             "recovery": {**{f"{k}s": r.bus.counts.get(k, 0) for k in ("detection", *ACTION_KINDS)},
