@@ -369,7 +369,7 @@ def runs_cmd(output_dir: Path = typer.Option(Path("runs"), "--dir", help="Direct
     for r in runs:
         table.add_row(r.name, r.status, r.model, r.objective, str(r.step), fmt(r.final_loss), fmt(r.eval_loss),
                       datetime.fromtimestamp(r.updated).strftime("%Y-%m-%d %H:%M"))
-    print_table(table)
+    print_table(table, console)
 
 
 @app.command("export")

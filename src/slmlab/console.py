@@ -27,17 +27,18 @@ class Table(_rich_table.Table):
         super().add_row(*(Text(c) if isinstance(c, str) else c for c in renderables), **kwargs)
 
 
-def print_table(table: Table) -> None:
+def print_table(table: Table, out=None) -> None:
     """On a terminal, as rich lays it out (long cells fold, nothing is cut); piped or redirected, as wide
-    as the table needs, one line per row, for grep and scripts."""
+    as the table needs, one line per row, for grep and scripts. ``out``: the console (default: stdout's)."""
     from rich.console import Console
     from rich.measure import Measurement
 
-    if console.is_terminal:
-        console.print(table)
+    out = out or console
+    if out.is_terminal:
+        out.print(table)
         return
-    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
-    Console(file=console.file, width=max(width, console.width), no_color=console.no_color).print(table)
+    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(file=out.file, width=max(width, out.width), no_color=out.no_color).print(table)
 
 
 def plain(value) -> str:
