@@ -15,7 +15,7 @@ COMMANDS = [
     ["steer", "extract"], ["steer", "quality"], ["steer", "calibrate"], ["steer", "export-gguf"], ["quickstart"],
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
     ["serve"], ["series", "run"], ["series", "status"], ["compare"],
-    ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"],
+    ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"], ["eval-harness"],
 ]
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from slmlab.adapters.cli import adapters_app
 from slmlab.compare.cli import compare_cmd, series_app
+from slmlab.evaluate.harness_cli import harness_cmd
 from slmlab.console import (
     Table,
     console,
@@ -44,6 +45,7 @@ app.command("serve")(serve_cmd)
 app.add_typer(series_app, name="series")
 app.command("compare")(compare_cmd)
 app.add_typer(adapters_app, name="adapters")
+app.command("eval-harness")(harness_cmd)
 
 # --------------------------------------------------------------------------- models
 

@@ -187,7 +187,8 @@ def setup(config: TrainConfig, *, resume: bool = False) -> Run:
     resumed = _restore(r, resume)
     _attach_observers(r, resumed)
     if config.trackers:
-        accelerator.init_trackers(config.name, config=config.model_dump(mode="json"))
+        # Trackers take flat scalar hyper-parameters (TensorBoard's add_hparams refuses nested values).
+        accelerator.init_trackers(config.name, config=flat_hparams(config.model_dump(mode="json")))
     if r.main:
         record_run(config.run_dir, name=config.name, status="running", model=config.model,
                    objective=config.objective.kind, config_yaml=config_yaml, step=state.step)
@@ -376,6 +377,9 @@ def fit(r: Run, on_step=None) -> None:
             if config.trackers and r.main:
                 r.accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
         check = r.monitor.check(step) if r.monitor is not None else None
+        if check is not None and r.config.trackers and r.main:
+            health = {f"health/{k}": v for k, v in check.metrics.items() if isinstance(v, (int, float))}
+            r.accelerator.log({**health, "health/phi": check.phi}, step=step)
         if check is not None and (health := recovery.on_health(step, check, cursor.fresh)) is not None:
             outcome = _carry_out(r, health, cursor.fresh)
             if outcome == "rolled_back":
@@ -670,6 +674,21 @@ def _write_report(run_dir: Path) -> None:
         write_run_report(run_dir)
     except Exception as exc:  # the run is saved; a report failure must not hide that
         err_console.print(f"[yellow]warning:[/yellow] could not write {run_dir}/report.html: {exc}")
+
+
+def flat_hparams(data: dict, prefix: str = "") -> dict:
+    """``{"adapter": {"r": 4}}`` → ``{"adapter.r": 4}``; lists and None become JSON text."""
+    import json
+
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
 
 
 def _check_trackers(trackers: list[str]) -> None:
