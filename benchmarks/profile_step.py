@@ -29,13 +29,13 @@ import torch
 
 
 def short_batch(tok, n: int, max_length: int):
+    import tempfile
+
     from slmlab.data.recipes import generate_dataset
     from slmlab.data.roles import load_template, render
     from slmlab.train.batching import encode_pairs
     from slmlab.train.objectives.sft import SFT
     from slmlab.train.step import StepBatch
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = generate_dataset("pure-logic", tmp, count=max(64, 2 * n), seed=0)
