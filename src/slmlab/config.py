@@ -27,6 +27,17 @@ class ConfigError(SlmlabError):
     """A config file (or dict) that does not validate; the message lists every problem."""
 
 
+def flatten_dotted(data: dict, prefix: str = "") -> dict:
+    """``{"adapter": {"r": 4}}`` → ``{"adapter.r": 4}`` (the keys ``--set`` and series grids use)."""
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def field_path(loc: tuple) -> str:
     out = ""
     for part in loc:

@@ -15,6 +15,7 @@ from typing import Any
 
 from slmlab.compare import stats
 from slmlab.compare.series import RECORD, collect_metrics
+from slmlab.config import flatten_dotted
 from slmlab.errors import SlmlabError
 from slmlab.io import read_json
 
@@ -90,7 +91,7 @@ def load_run_cells(run_dirs: list[Path]) -> list[CellData]:
             raise SlmlabError(f"{run_dir}: no results.json (not a finished run directory)")
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         seed = int(config.pop("seed", 0))
-        flat = {k: _relative(v, run_dir) for k, v in flatten(config).items() if k not in ("name", "output_dir")}
+        flat = {k: _relative(v, run_dir) for k, v in flatten_dotted(config).items() if k not in ("name", "output_dir")}
         key = yaml.safe_dump(flat, sort_keys=True)
         cell = groups.setdefault(key, CellData(run_dir.parent.name or run_dir.name, {}, {}))
         configs[key] = flat
@@ -108,16 +109,6 @@ def _relative(value: Any, run_dir: Path) -> Any:
     if isinstance(value, str) and value.startswith(str(run_dir.resolve())):
         return "<run dir>" + value[len(str(run_dir.resolve())):]
     return value
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _name_by_differences(groups: dict[str, CellData], configs: dict[str, dict[str, Any]]) -> None:

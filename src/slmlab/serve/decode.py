@@ -193,11 +193,15 @@ class BatchDecoder:
         res.logprobs.append(float(logprobs[token]))
         if s.logprobs is not None:
             res.top_logprobs.append(top_k(logprobs[None], s.logprobs)[0])
-        if token in self.eos_ids and not s.ignore_eos:
+        eos = token in self.eos_ids and not s.ignore_eos
+        # The text is decoded every step only when a stop string or a stream needs it; else once, at the end.
+        if eos or s.stop or row.on_text is not None or len(res.token_ids) >= s.max_tokens:
+            ids = res.token_ids[:-1] if eos else res.token_ids
+            res.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if eos:
             res.finish_reason, res.done = "stop", True
             self._emit(row, res, final=True)
             return
-        res.text = self.tokenizer.decode(res.token_ids, skip_special_tokens=True)
         cut = stop_cut(res.text, s.stop)
         if cut is not None:
             res.text, res.finish_reason, res.done = res.text[:cut], "stop", True

@@ -52,16 +52,6 @@ class Control:
     future: Future = field(default_factory=Future)
 
 
-@dataclass
-class EngineStats:
-    batches: int = 0
-    rows: int = 0
-    generated_tokens: int = 0
-    prompt_tokens: int = 0
-    updates: int = 0
-    largest_batch: int = 0
-
-
 class AdapterSet:
     """The serving model's adapters: names, where each came from, its parent, its version."""
 
@@ -159,7 +149,6 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch, self.batch_wait = max_batch, batch_wait
         self.version = 0
-        self.stats = EngineStats()
         self.metrics = metrics  # a ServerMetrics, or None
         self.readout = readout  # a steer Readout (concept vectors), or None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -250,7 +239,6 @@ class Engine:
                 raise ValueError(f"unknown engine action {item.action!r}")
             action(**item.args)
             self.version += 1
-            self.stats.updates += 1
             item.future.set_result(self.version)
         except Exception as e:
             item.future.set_exception(e)
@@ -289,12 +277,6 @@ class Engine:
             res.readout = [[round(float(x), 5) for x in r] for r in scores[layer]]
 
     def _count(self, rows: list[Row], results: list[RowResult]) -> None:
-        s = self.stats
-        s.batches += 1
-        s.rows += len(rows)
-        s.largest_batch = max(s.largest_batch, len(rows))
-        s.prompt_tokens += sum(len(r.prompt_ids) for r in rows)
-        s.generated_tokens += sum(len(r.token_ids) for r in results)
         if self.metrics is not None:
             self.metrics.batch_rows.observe(len(rows))
             self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in rows))

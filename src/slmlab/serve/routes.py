@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmlab.serve import responses as R
 from slmlab.serve.app import ApiError, Server, readout_payload, resolve_adapter_dir, sampling_of
-from slmlab.serve.decode import Row
+from slmlab.serve.decode import Row, Sampling
 from slmlab.serve.protocol import (
     ChatBody,
     CheckpointBody,
@@ -255,19 +255,13 @@ async def score(body: ScoreBody, request: Request):
     if not cont:
         raise ApiError(400, "continuation is empty", param="continuation")
     s.check_budget(len(prompt), len(cont))
-    row = Row(prompt + cont, sampling_of_score(), adapter)
+    row = Row(prompt + cont, Sampling(max_tokens=0, temperature=0.0, echo=True), adapter)
     (res,), version = await s.run([row])
     lps = res.prompt_logprobs[len(prompt):]
     payload = {"model": body.model, "prompt_tokens": len(prompt), "continuation_ids": cont,
                "tokens": [R.token_text(s.tokenizer, t) for t in cont], "token_logprobs": lps,
                "sum": float(sum(lps)), "weight_version": version}
     return versioned(payload, version)
-
-
-def sampling_of_score():
-    from slmlab.serve.decode import Sampling
-
-    return Sampling(max_tokens=0, temperature=0.0, echo=True)
 
 
 @router.post("/tokenize")

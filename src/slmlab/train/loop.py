@@ -676,19 +676,13 @@ def _write_report(run_dir: Path) -> None:
         err_console.print(f"[yellow]warning:[/yellow] could not write {run_dir}/report.html: {exc}")
 
 
-def flat_hparams(data: dict, prefix: str = "") -> dict:
+def flat_hparams(data: dict) -> dict:
     """``{"adapter": {"r": 4}}`` → ``{"adapter.r": 4}``; lists and None become JSON text."""
     import json
 
-    out: dict = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flat_hparams(value, f"{prefix}{key}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[f"{prefix}{key}"] = value
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value)
-    return out
+    from slmlab.config import flatten_dotted
+
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in flatten_dotted(data).items()}
 
 
 def _check_trackers(trackers: list[str]) -> None:
