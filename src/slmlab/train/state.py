@@ -179,7 +179,8 @@ def new_state(model, *, optimizer: str = "adamw", lr: float = 2e-4, weight_decay
     from slmlab.train.optim import build_optimizer
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(optimizer, trainable, lr=lr, weight_decay=weight_decay, **(optimizer_kwargs or {}))
+    opt = build_optimizer(optimizer, trainable, lr=lr, weight_decay=weight_decay, model=model,
+                          **(optimizer_kwargs or {}))
     sched = lr_schedule(opt, schedule, total_steps, warmup_steps, min_lr_ratio)
     adapter = "lora" if isinstance(model, PeftModel) else "full"
     return TrainState(model, opt, sched, adapter=adapter, max_grad_norm=max_grad_norm, trainable=trainable,
