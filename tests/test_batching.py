@@ -2,7 +2,15 @@
 
 import torch
 
-from slmlab.train.batching import IGNORE, collate, encode_pair, encode_pairs, pack
+from slmlab.train.batching import (
+    IGNORE,
+    Encoded,
+    collate,
+    encode_pair,
+    encode_pairs,
+    pack,
+    pack_tight,
+)
 from slmlab.train.objectives import SupervisedLM, sft_loss
 
 PAIRS = [
@@ -170,3 +178,50 @@ def test_context_frozen_has_the_same_loss_but_no_gradient_through_the_context(ti
     assert g_exact.shape == g_frozen.shape and not torch.allclose(g_exact, g_frozen)  # documented: another gradient
     cos = torch.nn.functional.cosine_similarity(g_exact, g_frozen, dim=0).item()
     assert cos > 0.3  # ...but pointing the same general way
+
+
+def _lengths(*ns: int) -> list[Encoded]:
+    return [Encoded(i, [7] * n, [IGNORE] * (n - 1) + [IGNORE]) for i, n in enumerate(ns)]
+
+
+def test_tight_packing_sizes_rows_to_the_real_tokens():
+    # 8 short examples: rows of 64 would hold them in 4 rows (256 positions, 25% padding).
+    examples = _lengths(30, 28, 26, 24, 22, 22, 20, 20)  # 192 tokens
+    assert sum(len(r.ids) for r in pack(examples, 64)) == 192
+    first_fit = collate(pack(examples, 64), 0)["input_ids"].numel()
+    tight = collate(pack_tight(examples), 0)["input_ids"].numel()
+    assert first_fit == 4 * 64 and tight == 192  # one row: no padding at all
+    rows = pack_tight(examples)
+    assert sorted(i for r in rows for i in set(r.example_ids)) == list(range(8))
+    for r in rows:  # each example restarts its positions
+        assert sum(p == 0 for p in r.positions) == len(set(r.example_ids))
+
+
+def test_tight_packing_splits_long_rows_when_attention_would_dominate():
+    examples = _lengths(*[500] * 8)  # 4000 tokens: one row would spend more on attention than it saves
+    rows = pack_tight(examples)
+    assert len(rows) > 1
+    widths = {len(r.ids) for r in rows}
+    assert len(widths) == 1  # balanced: nothing to pad
+    assert pack_tight([]) == []
+
+
+def test_tight_packing_never_cuts_an_example_and_is_deterministic():
+    examples = _lengths(50, 3, 3, 3, 49, 2)
+    a, b = pack_tight(examples), pack_tight(list(reversed(examples)))
+    assert [r.example_ids for r in a] == [r.example_ids for r in b]
+    for r in a:
+        for i in set(r.example_ids):
+            assert r.example_ids.count(i) == len(examples[i].ids)
+
+
+def test_tight_packed_equals_unpacked_loss_and_gradient(tiny):
+    model, tok = tiny
+    model.train(False)
+    examples, _ = encode_pairs(PAIRS, tok, max_length=256)
+    loss_t, norm_t, g_t = _loss_and_grads(model, collate(pack_tight(examples), tok.pad_token_id))
+    loss_u, norm_u, g_u = _loss_and_grads(model, collate(pack(examples, 256, packing=False), tok.pad_token_id))
+    assert norm_t == norm_u
+    assert abs(loss_t - loss_u) < 1e-5
+    for name in g_u:
+        torch.testing.assert_close(g_t[name], g_u[name], atol=1e-5, rtol=1e-4)

@@ -126,6 +126,28 @@ def pack(examples: list[Encoded], max_length: int, packing: bool = True) -> list
             else:
                 bins.append([e])
                 room.append(max_length - len(e.ids))
+    return _rows_of(bins)
+
+
+# Relative cost of attention against the linear layers, per position of a row of width W: a token
+# costs ~ (linear MACs) + W × 2·d_model (scores and values), so a row costs ∝ W·(1 + W/ATTENTION_SPAN)
+# with ATTENTION_SPAN = linear MACs per token / (2·d_model) ≈ 3000 for SmolLM2-135M (3.5M / 1152).
+# Lower is more cautious about long rows: masked attention on CPU computes the whole W×W square.
+ATTENTION_SPAN = 2048
+
+
+def _balanced_bins(examples: list[Encoded], k: int) -> list[list[Encoded]]:
+    """Longest example first, each into the least-loaded of ``k`` rows (ties: the lowest row)."""
+    bins: list[list[Encoded]] = [[] for _ in range(k)]
+    loads = [0] * k
+    for e in sorted(examples, key=lambda e: (-len(e.ids), e.index)):
+        b = loads.index(min(loads))
+        bins[b].append(e)
+        loads[b] += len(e.ids)
+    return [b for b in bins if b]
+
+
+def _rows_of(bins: list[list[Encoded]]) -> list[Row]:
     rows = []
     for b in bins:
         row = Row([], [], [], [])
@@ -136,6 +158,32 @@ def pack(examples: list[Encoded], max_length: int, packing: bool = True) -> list
             row.example_ids += [e.index] * len(e.ids)
         rows.append(row)
     return rows
+
+
+def pack_tight(examples: list[Encoded], attention_span: int = ATTENTION_SPAN) -> list[Row]:
+    """Pack a micro-batch into the row layout that computes the fewest positions.
+
+    :func:`pack` fills rows of ``max_length``; a micro-batch of short examples then leaves most
+    of its last rows as padding (8 glyph puzzles of ~24 tokens: 192 real tokens in 256 positions).
+    Here the rows' width follows the real token count: for k = 1, 2, … rows, the examples are
+    spread longest-first over the k rows (each to the least-loaded one), the width W is the
+    fullest row, and the layout with the lowest cost k·W·(1 + W/attention_span) wins. A row may
+    be longer than ``max_length``: each example still attends only to itself (positions restart,
+    block-diagonal mask), so ``max_length`` keeps bounding what any example sees.
+    """
+    if not examples:
+        return []
+    longest = max(len(e.ids) for e in examples)
+    best, best_cost = None, float("inf")
+    for k in range(1, len(examples) + 1):
+        bins = _balanced_bins(examples, k)
+        width = max(sum(len(e.ids) for e in b) for b in bins)
+        cost = len(bins) * width * (1 + width / attention_span)
+        if cost < best_cost:
+            best, best_cost = bins, cost
+        if width == longest:  # more rows cannot make them narrower
+            break
+    return _rows_of(best)
 
 
 def collate(rows: list[Row], pad_id: int):

@@ -107,7 +107,7 @@ class ObjectiveConfig(StrictModel):
 
 
 class OptimizerConfig(StrictModel):
-    name: str = Field("adamw", description="adamw, apollo or apollo-mini.")
+    name: str = Field("adamw", description="adamw, apollo, apollo-mini, muon or natural-gradient (see docs/optimizers.md).")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra optimizer arguments (e.g. rank for APOLLO).")
@@ -170,6 +170,11 @@ class TrainConfig(StrictModel):
     curriculum: CurriculumConfig | None = Field(None, description="Phases with category mixes and spans (default: none).")
     experimental: ExperimentalConfig = Field(default_factory=ExperimentalConfig)
     inject: list[str] = Field(default_factory=list, description="Fault injection for tests/demos: nan@S, lr_spike@S:F, poison@S:N.")
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (regional, dynamic shapes); the first steps pay the compile "
+        "time — see docs/training.md for when it pays back on CPU.",
+    )
     context_frozen: bool = Field(
         False,
         description="Run each prompt (minus its last token) once without gradients and reuse its KV cache; "

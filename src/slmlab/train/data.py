@@ -34,6 +34,7 @@ from slmlab.train.batching import (
     encode_pair,
     encode_pairs,
     pack,
+    pack_tight,
 )
 
 
@@ -397,11 +398,11 @@ class DataPlan:
 
 
 def make_batch(unit_list: list[list[Encoded]], max_length: int, packing: bool, pad_id: int, frozen: bool = False) -> dict:
-    """One micro-batch of tensors: packed rows (block-diagonal attention), or context-frozen."""
+    """One micro-batch of tensors: packed rows (block-diagonal attention, sized by :func:`pack_tight`), or context-frozen."""
     examples = [e for u in unit_list for e in u]
     if frozen:
         return collate_frozen(examples, pad_id)
-    return collate(pack(examples, max_length, packing), pad_id)
+    return collate(pack_tight(examples) if packing else pack(examples, max_length, packing=False), pad_id)
 
 
 def examples_from_token_ids(context_ids: list[list[int]], continuation_ids: list[list[int]],

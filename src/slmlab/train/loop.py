@@ -89,6 +89,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     losses: list[float] = field(default_factory=list)
     status: str = "completed"
+    byte_lengths: list[int] | None = None  # per token id, for bits per byte on plain-text eval sets
 
     @property
     def run_dir(self) -> Path:
@@ -249,6 +250,7 @@ def make_plan(config: TrainConfig, unit_list: list, categories: list[str] | None
 def build_model(config: TrainConfig):
     """The model named by ``config.model`` with a fresh LoRA adapter (or every weight trainable)."""
     from slmlab.models import load
+    from slmlab.train.dropout import use_fast_dropout
 
     model, tokenizer = load(config.model, seed=config.seed)
     if config.adapter.kind == "lora":
@@ -258,6 +260,7 @@ def build_model(config: TrainConfig):
         lora = LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
                           layers_to_transform=a.layers, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+        use_fast_dropout(model)  # same distribution as PEFT's nn.Dropout, a quarter of the RNG draws on CPU
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -274,9 +277,13 @@ def _build_state(config: TrainConfig, accelerator, total_steps: int) -> tuple[Tr
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model, tokenizer = build_model(config)
+    if config.compile:
+        from slmlab.train.compile import compile_layers
+
+        compile_layers(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     o, s = config.optimizer, config.schedule
-    optimizer = build_optimizer(o.name, trainable, lr=o.lr, weight_decay=o.weight_decay, **o.kwargs)
+    optimizer = build_optimizer(o.name, trainable, lr=o.lr, weight_decay=o.weight_decay, model=model, **o.kwargs)
     scheduler = lr_schedule(optimizer, s.kind, total_steps, s.warmup_steps, s.min_lr_ratio)
     # DDP must see the forward that produces the loss, so the wrapper is what accelerate prepares.
     lm, optimizer = accelerator.prepare(SupervisedLM(model), optimizer)
@@ -371,7 +378,9 @@ def fit(r: Run, on_step=None) -> None:
         step = state.step
         if config.eval_every and step % config.eval_every == 0:
             metrics["eval_loss"] = evaluate(r)
-            bus.publish("eval", step, eval_loss=metrics["eval_loss"])
+            extra = {"eval_bpb": bpb} if (bpb := evaluate_bpb(r)) is not None else {}
+            metrics.update(extra)
+            bus.publish("eval", step, eval_loss=metrics["eval_loss"], **extra)
         if step % config.log_every == 0 or step == r.total_steps:
             bus.publish("step", step, **metrics)
             if config.trackers and r.main:
@@ -459,6 +468,17 @@ def evaluate(r: Run) -> float | None:
             norm += parts.normaliser
     lm.train(was_training)
     return total / norm if norm else None
+
+
+def evaluate_bpb(r: Run) -> float | None:
+    """Held-out bits per byte (slmlab.kernel.bpb) when the eval set is plain text; ``None`` otherwise."""
+    if r.data.eval_shape != "language-modelling" or not r.data.evals:
+        return None
+    from slmlab.kernel.bpb import bits_per_byte_examples, token_byte_lengths
+
+    if r.byte_lengths is None:
+        r.byte_lengths = token_byte_lengths(r.tokenizer)
+    return bits_per_byte_examples(r.state.model, r.data.evals, r.byte_lengths, batch_size=r.config.batch_size).bpb
 
 
 # --------------------------------------------------------------------------- carrying out decisions
@@ -638,7 +658,7 @@ def finish(r: Run) -> RunResult:
     from slmlab.train.record import finite, peak_rss_mb, save_final, versions, watch_summary
 
     state, c = r.state, r.config
-    eval_loss = evaluate(r)
+    eval_loss, eval_bpb = evaluate(r), evaluate_bpb(r)
     summary: dict = {}
     if r.main:
         save_final(r.run_dir, state.model, r.tokenizer, c.adapter.kind)
@@ -646,7 +666,7 @@ def finish(r: Run) -> RunResult:
         summary = {
             "run": {"name": c.name, "model": c.model, "status": r.status, "steps": state.step, "total_steps": r.total_steps},
             "train": {"final_loss": finite(r.losses[-1]) if r.losses else None, "eval_loss": eval_loss,
-                      "tokens_seen": state.tokens_seen, "examples": len(r.data.train), "elapsed_s": r.elapsed(),
+                      **({"eval_bpb": eval_bpb} if eval_bpb is not None else {}), "tokens_seen": state.tokens_seen, "examples": len(r.data.train), "elapsed_s": r.elapsed(),
                       "truncated_prompts": stats.prompt_truncated, "truncated_completions": stats.completion_truncated,
                       "dropped_examples": stats.dropped, "refused_examples": getattr(stats, "refused", 0),
                       "data_shape": getattr(r.data, "shape", None)},
