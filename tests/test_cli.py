@@ -16,6 +16,8 @@ COMMANDS = [
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
     ["serve"], ["series", "run"], ["series", "status"], ["compare"],
     ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"], ["eval-harness"],
+    ["kernel", "corpus"], ["kernel", "tokenizer"], ["kernel", "coordizer"], ["kernel", "init"], ["kernel", "bpb"],
+    ["trio", "train"], ["trio", "run"], ["trio", "eval"], ["dream"],
 ]
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from slmlab.adapters.cli import adapters_app
 from slmlab.compare.cli import compare_cmd, series_app
+from slmlab.dream.cli import dream_cmd
 from slmlab.evaluate.harness_cli import harness_cmd
 from slmlab.console import (
     Table,
@@ -26,9 +27,11 @@ from slmlab.console import (
 )
 from slmlab.console import quiet_transformers as _quiet_transformers
 from slmlab.errors import RunInterrupted, SlmlabError
+from slmlab.kernel.cli import kernel_app
 from slmlab.outputs import OVERWRITE_HELP
 from slmlab.serve.cli import serve_cmd
 from slmlab.steer.cli import steer_app
+from slmlab.trio.cli import trio_app
 
 app = typer.Typer(
     help="slmlab: verified data, training, evaluation and more for small language models.",
@@ -46,6 +49,9 @@ app.add_typer(series_app, name="series")
 app.command("compare")(compare_cmd)
 app.add_typer(adapters_app, name="adapters")
 app.command("eval-harness")(harness_cmd)
+app.add_typer(kernel_app, name="kernel")
+app.add_typer(trio_app, name="trio")
+app.command("dream")(dream_cmd)
 
 # --------------------------------------------------------------------------- models
 
