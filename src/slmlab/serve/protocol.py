@@ -208,3 +208,35 @@ def as_batch(value: Any) -> list:
     if value and all(isinstance(x, int) for x in value):
         return [value]
     return list(value)
+
+
+class TrioAdapters(BaseModel):
+    """Role → the name of an adapter already served; a role left out runs on the request's ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    creative: str | None = None
+    logical: str | None = None
+    dialectical: str | None = None
+
+
+TRIO_MAX_ROUNDS = 4
+
+
+class TrioBody(Body):
+    """``POST /v1/trio``: one question through creative → logical → dialectical (see docs/serve.md)."""
+
+    question: str
+    model: str | None = None  # the base model's name or an adapter: what roles without an adapter run on
+    adapters: TrioAdapters = Field(default_factory=TrioAdapters)
+    tools: bool = True
+    max_rounds: int = Field(2, ge=1, le=TRIO_MAX_ROUNDS)
+    max_tokens: int = Field(64, ge=1)  # per role and per synthesis round; also capped by the server's max_tokens
+    verify_below: float | None = Field(1.0, allow_inf_nan=False)
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question is empty")
+        return v

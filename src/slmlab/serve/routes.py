@@ -22,6 +22,7 @@ from slmlab.serve.protocol import (
     ScoreBody,
     TokenizeBody,
     TrainBody,
+    TrioBody,
     UnloadAdapterBody,
     as_batch,
     check_name,
@@ -279,6 +280,45 @@ async def detokenize(body: DetokenizeBody, request: Request):
     s = server_of(request)
     s.check_ids(body.tokens, "tokens")
     return {"prompt": s.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+
+# ---------------------------------------------------------------------- the trio
+
+
+@router.post("/v1/trio")
+async def trio(body: TrioBody, request: Request):
+    """creative → logical → dialectical on the serving model; every generation is an engine request."""
+    from slmlab.serve.trio import EXECUTOR, run_trio
+    from slmlab.trio.pipeline import ROLES, TrioSettings
+
+    s = server_of(request)
+    default = s.adapter_for(body.model) if body.model is not None else None
+    roles: dict[str, str | None] = {}
+    for role in ROLES:
+        name = getattr(body.adapters, role)
+        if name is None:
+            continue
+        if name in (s.config.base_name, s.config.model):
+            roles[role] = None
+        elif name in s.engine.adapters.names:
+            roles[role] = name
+        else:
+            known = ", ".join(s.engine.adapters.names) or "none (load one with /v1/load_lora_adapter)"
+            raise ApiError(404, f"adapters.{role}: no adapter named {name!r} is served. Adapters: {known}.",
+                           param=f"adapters.{role}", code="model_not_found")
+    if body.max_tokens > s.config.max_tokens:
+        raise ApiError(400, f"max_tokens {body.max_tokens} is above this server's limit {s.config.max_tokens}",
+                       param="max_tokens")
+    settings = TrioSettings(tools=body.tools, max_rounds=body.max_rounds, verify_below=body.verify_below,
+                            max_new_tokens={r: body.max_tokens for r in ROLES})
+    spec = body.model if body.model is not None else s.config.base_name
+    loop = asyncio.get_running_loop()
+    transcript, tm = await loop.run_in_executor(
+        EXECUTOR, lambda: run_trio(s, body.question, roles=roles, default=default, spec=spec, settings=settings))
+    versions = sorted(tm.versions)
+    payload = {**transcript.to_dict(), "adapters": {r: tm.adapter(r) or s.config.base_name for r in ROLES},
+               "weight_versions": versions}
+    return versioned(payload, versions[-1] if versions else s.engine.version)
 
 
 # ---------------------------------------------------------------------- adapters (need the key)

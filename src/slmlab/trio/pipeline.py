@@ -170,7 +170,14 @@ def _cut(text: str) -> str:
 
 
 def generate(tm: TrioModel, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[_Gen]:
-    """Greedy, batched (left padding); per-token top1−top2 logit margins from the raw logits."""
+    """Greedy, batched (left padding); per-token top1−top2 logit margins from the raw logits.
+
+    A ``tm`` with its own ``generate_prompts(prompts, max_new_tokens)`` generates there instead
+    (the server's engine, :mod:`slmlab.serve.trio`); it returns the same ``_Gen`` records.
+    """
+    own = getattr(tm, "generate_prompts", None)
+    if own is not None:
+        return own(prompts, max_new_tokens)
     import torch
 
     tok = tm.tokenizer
