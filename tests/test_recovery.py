@@ -90,6 +90,9 @@ def test_neither_skip_nor_rollback_allowed_pauses_and_disabled_recovery_fails_on
     off = Recovery(RecoveryConfig(enabled=False, min_history=4), 1, Targets())
     assert off.on_step(1, float("nan"), 0.5).action == "fail"
     assert off.on_step(2, 1.0, None).action == "apply"
+    # A finite loss with a non-finite gradient norm says which of the two is the problem.
+    d = off.on_step(3, 6.25, float("inf"))
+    assert d.action == "fail" and d.reason == "gradient norm is inf (loss 6.25)"
 
 
 def test_rolled_back_skips_past_the_faulty_window_and_keeps_escalation_memory():

@@ -402,7 +402,8 @@ class Recovery:
         c = self.config
         detection = self.detector.check(loss, grad_norm, kinds=c.detectors)
         if detection is not None and detection.kind == "nonfinite" and not (c.enabled and "nonfinite" in c.detectors):
-            return Decision("fail", "nonfinite", reason=f"loss is {loss}")
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm} (loss {loss})"
+            return Decision("fail", "nonfinite", reason=what)
         if detection is None or not c.enabled:
             self.consecutive = 0
             self.detector.accept(loss, grad_norm)
