@@ -14,8 +14,9 @@ Rows:
   ratio is against the faster of the two TRL rows (TRL-best);
 * ``slmlab`` — ``slmlab train`` (the loop: data plan, batches, recovery, health checks, logs);
 * ``bare step`` — the mathematics alone: the same micro-batches as slmlab's (built before the
-  clock starts), then forward → head at labelled positions → cross-entropy → backward → clip →
-  ``AdamW.step`` → schedule, inline. slmlab/bare-step is the loop's overhead;
+  clock starts) and the same LoRA dropout (slmlab's FastDropout), then forward → head at
+  labelled positions → cross-entropy → backward → clip → ``AdamW.step`` → schedule, inline.
+  slmlab/bare-step is the loop's overhead;
 * ``slmlab context-frozen`` (``--frozen``) — a *different gradient* (no gradient through the
   prompt's keys and values), shown as its own row, never in the headline.
 
@@ -37,6 +38,7 @@ Needs `pip install trl==1.16.0` (benchmark-only dependency: `pip install -e '.[b
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -119,17 +121,17 @@ def child_slmlab(work: Path, args) -> dict:
         "optimizer": {"name": args.optimizer, "lr": LR},
         "schedule": {"kind": "cosine", "warmup_steps": args.warmup, "min_lr_ratio": 0.0},
         "batch_size": args.batch, "grad_accum": args.accum, "epochs": 1, "save_every": None, "log_every": 1,
-        "context_frozen": args.mode == "frozen", "compile": args.mode == "compile", "watch": {"dashboard": False},
+        "context_frozen": args.mode == "frozen", "watch": {"dashboard": False},
     })
     t = time.perf_counter()
     result = run(cfg)
     seconds = time.perf_counter() - t
     elapsed = [m["elapsed"] for m in read_jsonl(result.run_dir / "metrics.jsonl")]
-    step_seconds = sorted(b - a for a, b in zip(elapsed, elapsed[1:]))
+    step_seconds = sorted(b - a for a, b in itertools.pairwise(elapsed))
     model, tok = load("smollm2-135m")
     model = PeftModel.from_pretrained(model, str(result.run_dir / "adapter"))
     return {"seconds": seconds, "train_seconds": result.summary["train"]["elapsed_s"], "losses": result.losses,
-            # the first step pays one-off costs (torch.compile's compilation, allocator warm-up)
+            # the first step pays one-off costs (allocator warm-up, lazy initialisation)
             "first_step_s": elapsed[0], "median_step_s": step_seconds[len(step_seconds) // 2] if step_seconds else None,
             "heldout": heldout_loss(model, tok, work, args.max_length),
             "optimizer_state_bytes": result.summary["memory"]["optimizer_state_bytes"],
@@ -158,11 +160,13 @@ def child_bare(work: Path, args) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from slmlab.models import load
+    from slmlab.train.dropout import use_fast_dropout
 
     torch.manual_seed(args.seed)
     model, tok = load("smollm2-135m")
     model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
+    use_fast_dropout(model)  # the same dropout as slmlab's, so slmlab/bare-step is the loop's overhead alone
     model.train()
     steps = bare_batches(tok, work, args)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -265,12 +269,6 @@ def print_ratios(rows: dict) -> None:
             print(f"{name}: optimizer state {r['optimizer_state_bytes'] / 2**20:.1f} MiB, "
                   f"{r['positions']} positions computed, first step {r['first_step_s']:.1f} s, "
                   f"median step {r['median_step_s'] or float('nan'):.2f} s")
-    if "slmlab compile" in rows:
-        c, e = rows["slmlab compile"], rows["slmlab"]
-        overhead = c["first_step_s"] - e["first_step_s"]
-        gain = e["median_step_s"] - c["median_step_s"]
-        even = f"breaks even after ~{overhead / gain:.0f} steps" if gain > 0 else "never breaks even (no per-step gain)"
-        print(f"compile: first step +{overhead:.1f} s, {gain:+.2f} s per later step; {even}")
 
 
 def print_seeds(work: Path, args, rows: dict) -> None:
@@ -295,7 +293,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="repeat slmlab and TRL-no-ckpt over this many seeds")
     ap.add_argument("--apollo", action="store_true", help="Also train with APOLLO-Mini (slmlab).")
     ap.add_argument("--frozen", action="store_true", help="Also run slmlab's context-frozen mode (a different gradient).")
-    ap.add_argument("--compile", action="store_true", help="Also run slmlab with compile: true (prints compile cost).")
     ap.add_argument("--child", choices=list(CHILDREN))
     ap.add_argument("--work", type=Path)
     ap.add_argument("--mode", default="exact")
@@ -326,8 +323,6 @@ def main() -> None:
         rows["slmlab apollo-mini"] = run_child("slmlab", work, args, optimizer="apollo-mini")
     if args.frozen:
         rows["slmlab context-frozen"] = run_child("slmlab", work, args, mode="frozen")
-    if args.compile:
-        rows["slmlab compile"] = run_child("slmlab", work, args, mode="compile")
 
     print(f"\nshape {args.shape}: {args.examples} pairs, {tokens} real tokens ({tokens / args.examples:.1f}/pair), "
           f"max_length {args.max_length}, LoRA r={LORA['r']} α={LORA['alpha']} dropout {LORA['dropout']} all-linear, "

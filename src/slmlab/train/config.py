@@ -170,11 +170,6 @@ class TrainConfig(StrictModel):
     curriculum: CurriculumConfig | None = Field(None, description="Phases with category mixes and spans (default: none).")
     experimental: ExperimentalConfig = Field(default_factory=ExperimentalConfig)
     inject: list[str] = Field(default_factory=list, description="Fault injection for tests/demos: nan@S, lr_spike@S:F, poison@S:N.")
-    compile: bool = Field(
-        False,
-        description="torch.compile each decoder layer (regional, dynamic shapes); the first steps pay the compile "
-        "time — see docs/training.md for when it pays back on CPU.",
-    )
     context_frozen: bool = Field(
         False,
         description="Run each prompt (minus its last token) once without gradients and reuse its KV cache; "

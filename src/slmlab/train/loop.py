@@ -277,10 +277,6 @@ def _build_state(config: TrainConfig, accelerator, total_steps: int) -> tuple[Tr
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model, tokenizer = build_model(config)
-    if config.compile:
-        from slmlab.train.compile import compile_layers
-
-        compile_layers(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     o, s = config.optimizer, config.schedule
     optimizer = build_optimizer(o.name, trainable, lr=o.lr, weight_decay=o.weight_decay, model=model, **o.kwargs)
