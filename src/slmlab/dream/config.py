@@ -12,14 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
-from slmlab.train.config import (
-    AdapterConfig,
-    ObjectiveConfig,
-    OptimizerConfig,
-    _set_dotted,
-    _suggest_unknown_keys,
-)
+from slmlab.config import StrictModel, load_config
+from slmlab.train.config import AdapterConfig, ObjectiveConfig, OptimizerConfig
 
 PREFERENCE_OBJECTIVES = ("orpo", "dpo")
 
@@ -145,22 +139,7 @@ class DreamConfig(StrictModel):
 def load_dream_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       data: dict | None = None) -> DreamConfig:
     """Load a YAML config (or ``data``), apply ``key=value`` overrides (values parsed as YAML), validate."""
-    raw = dict(data or {})
-    source = "config"
-    if path is not None:
-        loaded = load_yaml(path)
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
-        raw, source = loaded, str(path)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    hints = _suggest_unknown_keys(raw, DreamConfig)
-    if hints:
-        raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(f"  - {h}" for h in hints))
-    return validate_model(DreamConfig, raw, source)
+    return load_config(DreamConfig, path, overrides, data)
 
 
 def config_yaml(config: DreamConfig) -> str:

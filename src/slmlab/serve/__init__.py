@@ -31,10 +31,7 @@ def build_config(path: str | Path | None = None, flags: dict[str, Any] | None = 
     ``flags`` may hold ``api_key_file`` (the key is read from it, surrounding whitespace
     stripped) and ``train_full`` (→ ``training.full``).
     """
-    import yaml
-
-    from slmlab.config import ConfigError, load_yaml, validate_model
-    from slmlab.train.config import _set_dotted
+    from slmlab.config import ConfigError, apply_overrides, load_yaml, validate_model
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -49,11 +46,7 @@ def build_config(path: str | Path | None = None, flags: dict[str, Any] | None = 
     for key, value in flags.items():
         if value not in (None, [], {}):
             raw[key] = [str(v) for v in value] if isinstance(value, list) else value
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    apply_overrides(raw, overrides)
     if key_file is not None:
         raw["api_key"] = read_key(Path(key_file))
     return validate_model(ServeConfig, raw, str(path) if path else "server settings")

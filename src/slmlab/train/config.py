@@ -6,11 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
+from slmlab.config import StrictModel, load_config
 from slmlab.errors import unknown_name_message
 from slmlab.experimental import BasinLossConfig
 from slmlab.train.curriculum import CurriculumConfig
@@ -214,45 +212,6 @@ class TrainConfig(StrictModel):
         return Path(self.output_dir) / self.name
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {p!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _suggest_unknown_keys(data: dict, model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
-    """'did you mean' hints for unknown keys, walking nested sections."""
-    hints = []
-    for key, value in data.items():
-        fields = model.model_fields
-        if key not in fields:
-            hints.append(f"{prefix}{key}: " + unknown_name_message("key", key, list(fields)))
-            continue
-        sub = fields[key].annotation
-        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
-            hints += _suggest_unknown_keys(value, sub, f"{prefix}{key}.")
-    return hints
-
-
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> TrainConfig:
     """Load a YAML config, apply ``key=value`` overrides (values parsed as YAML), validate."""
-    raw = dict(data or {})
-    source = "config"
-    if path is not None:
-        loaded = load_yaml(path)
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys")
-        raw, source = loaded, str(path)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    hints = _suggest_unknown_keys(raw)
-    if hints:
-        raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(f"  - {h}" for h in hints))
-    return validate_model(TrainConfig, raw, source)
+    return load_config(TrainConfig, path, overrides, data)
