@@ -296,20 +296,23 @@ def load_suite(name_or_path: str | Path | dict) -> Suite:
     return suite
 
 
-def load_records(suite: Suite) -> list[dict]:
-    """The suite's records, in file (or seeded split) order; each must have a string ``input``."""
-    ds = suite.dataset
+def dataset_records(ds: DatasetSpec) -> tuple[list[dict], str]:
+    """A suite's ``dataset:`` block → (records in file or seeded-split order, where they came from)."""
     if ds.recipe is not None:
         from slmlab.data.recipes import generate_dataset
 
         with tempfile.TemporaryDirectory(prefix="slmlab-eval-") as tmp:
             result = generate_dataset(ds.recipe, tmp, count=ds.count, seed=ds.seed)
-        records, where = (result.test if ds.split == "test" else result.train), f"recipe {ds.recipe} ({ds.split})"
-    else:
-        from slmlab.io import read_jsonl
+        return (result.test if ds.split == "test" else result.train), f"recipe {ds.recipe} ({ds.split})"
+    from slmlab.io import read_jsonl
 
-        path = Path(ds.path) if ds.path is not None else corpus_path(ds.corpus)
-        records, where = read_jsonl(path), str(path)
+    path = Path(ds.path) if ds.path is not None else corpus_path(ds.corpus)
+    return read_jsonl(path), str(path)
+
+
+def load_records(suite: Suite) -> list[dict]:
+    """The suite's records, in file (or seeded split) order; each must have a string ``input``."""
+    records, where = dataset_records(suite.dataset)
     for i, rec in enumerate(records):
         if not isinstance(rec.get("input"), str):
             raise SlmlabError(f"{where}: record {rec.get('id', i)!r} has no string `input` field")

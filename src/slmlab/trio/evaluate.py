@@ -20,7 +20,6 @@ The suite file (``resources/trio/suite.yaml``) names the dataset (a recipe split
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -65,18 +64,11 @@ def load_trio_suite(path: str | Path | None = None) -> TrioSuite:
 
 def logic_records(suite: TrioSuite) -> list[dict]:
     """The suite's logic records (those with a solver ``answer``), first ``limit`` of them."""
-    from slmlab.data.recipes import generate_dataset
-    from slmlab.io import read_jsonl
+    from slmlab.evaluate.suites import dataset_records
 
-    ds = suite.dataset
-    if ds.recipe is not None:
-        with tempfile.TemporaryDirectory(prefix="slmlab-trio-") as tmp:
-            result = generate_dataset(ds.recipe, tmp, count=ds.count, seed=ds.seed)
-        records, where = (result.test if ds.split == "test" else result.train), f"recipe {ds.recipe} ({ds.split})"
-    elif ds.path is not None:
-        records, where = read_jsonl(ds.path), ds.path
-    else:
+    if suite.dataset.recipe is None and suite.dataset.path is None:
         raise SlmlabError("the trio suite needs logic records with answers: give dataset.recipe or dataset.path")
+    records, where = dataset_records(suite.dataset)
     records = [r for r in records if isinstance(r.get("input"), str) and r.get("answer") in CERTAINTY_SCALE]
     if not records:
         raise SlmlabError(f"{where}: no logic records (with an `input` and a certainty-glyph `answer`) to evaluate")
