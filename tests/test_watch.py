@@ -506,6 +506,49 @@ def test_monitor_does_not_perturb_training_and_logs_health_and_probes(tmp_path, 
     assert b.summary["watch"] == {"enabled": False}
 
 
+def test_probe_events_keep_every_sample_with_its_label_and_the_report_shows_them(tmp_path, data_file):
+    from slmlab.evaluate.basins import label
+    from slmlab.watch.run_report import write_run_report
+
+    prompts = ["Once upon a time", "The king said"]
+    watched = {"enabled": True, "every": 4, "probe_every": 4, "spectral_every": None, "probe_tokens": 8, "prompts": prompts}
+    res = run_(_config(tmp_path, data_file, name="samples", max_steps=4, watch=watched))
+    (probe,) = [e for e in _all_events(res.run_dir) if e["kind"] == "probe"]
+    assert probe["n"] == 2 and [s["prompt"] for s in probe["samples"]] == prompts  # as given: no chat template
+    for s in probe["samples"]:
+        assert s["basin"] == label(s["text"]).basin.value
+    html = write_run_report(res.run_dir).read_text()
+    assert "<h2>Samples</h2>" in html and all(p in html for p in prompts)
+
+
+def test_regime_share_takes_the_first_share_of_each_micro_batch_and_never_nothing():
+    from slmlab.train.loop import regime_share
+    from slmlab.watch.recovery import RegimeComputeConfig
+
+    units = [list(range(10)), list(range(10, 13))]
+    assert regime_share(units, 1.0) is units
+    assert regime_share(units, 0.3) == [[0, 1, 2], [10]]
+    assert regime_share(units, 0.01) == [[0], [10]]
+    on = RegimeComputeConfig(enabled=True)
+    assert (on.share("linear"), on.share("geometric"), on.share("breakdown"), on.share(None)) == (0.3, 1.0, 1.0, 1.0)
+    assert RegimeComputeConfig().share("linear") == 1.0  # off by default
+
+
+def test_regime_compute_trains_on_less_data_only_after_a_linear_check(tmp_path, data_file):
+    linear = {"every": 2, **NO_PROBES, "regimes": {"linear": 0.99, "breakdown": 1.0}}  # every check: linear
+    scaled = {"regime_compute": {"enabled": True, "linear": 0.5}}
+    a = run_(_config(tmp_path, data_file, name="scaled", max_steps=4, watch=linear, recovery=scaled))
+    b = run_(_config(tmp_path, data_file, name="plain", max_steps=4, watch=linear))
+    ma, mb = _metrics(a.run_dir), _metrics(b.run_dir)
+    assert a.losses[:2] == b.losses[:2]  # before the first check (step 2) nothing changes
+    assert all("batch_share" not in m for m in ma[:2]) and [m["batch_share"] for m in ma[2:]] == [0.5, 0.5]
+    steps_tokens = [m["tokens"] for m in ma]
+    full = [m["tokens"] for m in mb]
+    assert steps_tokens[:2] == full[:2]
+    assert 0 < steps_tokens[3] - steps_tokens[1] < full[3] - full[1]  # fewer tokens per step once linear
+    assert all("batch_share" not in m for m in mb)
+
+
 # --------------------------------------------------------------------------- 8b. danger → cooldown
 
 

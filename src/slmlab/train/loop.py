@@ -110,6 +110,11 @@ class Run:
     def last_check(self):
         return self.monitor.last if self.monitor is not None else None
 
+    def regime_compute_share(self) -> float:
+        """Share of each micro-batch trained on (recovery.regime_compute; 1.0 when off or unchecked)."""
+        check = self.last_check()
+        return self.config.recovery.regime_compute.share(check.regime if check is not None else None)
+
 
 def run(config: TrainConfig, *, resume: bool = False, on_step=None) -> RunResult:
     """Train according to ``config``; with ``resume`` continue the run in ``config.run_dir`` exactly.
@@ -425,7 +430,8 @@ def _step_batch(r: Run, position: int, poison: bool) -> StepBatch:
     import torch
 
     c, acc = r.config, r.accelerator
-    batch = StepBatch.from_units(r.plan.step_micro_batches(position), r.objective, max_length=c.data.max_length,
+    step_units = regime_share(r.plan.step_micro_batches(position), r.regime_compute_share())
+    batch = StepBatch.from_units(step_units, r.objective, max_length=c.data.max_length,
                                  packing=c.data.packing, pad_id=r.pad_id, frozen=c.context_frozen,
                                  rank=acc.process_index, world=acc.num_processes)
     if poison:
@@ -435,6 +441,13 @@ def _step_batch(r: Run, position: int, poison: bool) -> StepBatch:
     return batch.to(acc.device)
 
 
+def regime_share(step_units: list[list], share: float) -> list[list]:
+    """The first ``share`` of each micro-batch's units (at least one each): regime-scaled compute."""
+    if share >= 1.0:
+        return step_units
+    return [mb[:max(1, math.ceil(share * len(mb)))] for mb in step_units]
+
+
 def _metrics(r: Run, result: StepResult, seconds: float, replaying: bool) -> dict:
     metrics = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm, "tokens": r.state.tokens_seen,
                "tokens_per_s": result.tokens / seconds if seconds else None, "elapsed": r.elapsed()}
@@ -442,6 +455,8 @@ def _metrics(r: Run, result: StepResult, seconds: float, replaying: bool) -> dic
         metrics["basin_penalty"] = result.penalty
     if replaying:
         metrics["replay"] = True
+    if (share := r.regime_compute_share()) < 1.0:
+        metrics["batch_share"] = share
     return metrics
 
 

@@ -16,7 +16,8 @@ states (after the model's last norm) over the prompt tokens. From it:
 
 Every ``watch.probe_every`` steps the monitor also generates greedily from the probe prompts
 and labels each text with the basin labeller: ``loop_rate`` (share SEMANTIC_LOOP) and
-``collapse_rate`` (share TOKEN_COLLAPSE). Every ``watch.spectral_every`` steps it adds the
+``collapse_rate`` (share TOKEN_COLLAPSE); the probe event keeps every sample with its label
+(the run report shows them). Every ``watch.spectral_every`` steps it adds the
 spectral summary of one rotating slice of the LoRA deltas (informational, no status level).
 
 Levels per metric (good / warning / danger) combine into one status: any danger → DANGER;
@@ -36,6 +37,7 @@ from pydantic import Field, model_validator
 from slmlab.config import StrictModel
 
 STATUSES = ("STABLE", "DRIFTING", "WARNING", "DANGER")
+SAMPLE_CHARS = 400  # each probe's generated text kept in its event (the report shows them)
 REGIMES = ("linear", "geometric", "breakdown")
 
 
@@ -90,6 +92,9 @@ class WatchConfig(StrictModel):
     spectral_rotation: int = Field(4, ge=1, description="Layers are covered in this many rotating slices.")
     corpus: str = Field("basins49", description="Prompt corpus the probe prompts come from.")
     probe_prompts: int = Field(8, ge=2, description="How many prompts (spread over the corpus's categories).")
+    prompts: list[str] | None = Field(None, min_length=2, description="Plain-text probe prompts given to the model as "
+                                      "they are, no chat template (a kernel being pretrained has no chat to speak); "
+                                      "replaces `corpus` and `probe_prompts`.")
     probe_tokens: int = Field(48, ge=4, description="New tokens per probe generation.")
     status: StatusThresholds = Field(default_factory=StatusThresholds)
     regimes: RegimeThresholds = Field(default_factory=RegimeThresholds)
@@ -234,7 +239,10 @@ class HealthMonitor:
 
         self.model, self.tokenizer, self.config, self.bus = model, tokenizer, config, bus
         self.device = device
-        self.prompts = [format_prompt(tokenizer, p["input"]) for p in probe_prompts(config.corpus, config.probe_prompts)]
+        if config.prompts:
+            self.prompts = list(config.prompts)
+        else:
+            self.prompts = [format_prompt(tokenizer, p["input"]) for p in probe_prompts(config.corpus, config.probe_prompts)]
         self.last: HealthCheck | None = None
         self.last_probe: dict | None = None
         self.last_spectral: dict | None = None
@@ -362,9 +370,11 @@ class HealthMonitor:
         labels = [label(g.text, tokens=g.tokens).basin.value for g in batch.generations]
         counts = Counter(labels)
         n = len(labels)
+        samples = [{"prompt": p[-80:], "text": g.text[:SAMPLE_CHARS], "basin": b}
+                   for p, g, b in zip(self.prompts, batch.generations, labels)]
         probe = {"n": n, "loop_rate": counts["SEMANTIC_LOOP"] / n, "collapse_rate": counts["TOKEN_COLLAPSE"] / n,
                  "basins": {k: v / n for k, v in sorted(counts.items())},
-                 "sample": batch.generations[0].text[:160]}
+                 "sample": batch.generations[0].text[:160], "samples": samples}
         self.bus.publish("probe", step, **probe)
         return probe
 

@@ -78,6 +78,26 @@ class MushroomConfig(StrictModel):
     noise: float = Field(0.05, gt=0, le=1, description="Norm of the random perturbation relative to each adapter weight's norm.")
 
 
+class RegimeComputeConfig(StrictModel):
+    """Seed 004's heuristic, as an option: spend less compute while the model is in the ``linear`` regime.
+
+    The regime is the last health check's (Φ from ``watch``). While it is ``linear`` each step
+    trains on the first ``linear`` share of each micro-batch's examples (at least one) and the
+    rest of that step's examples are not seen; ``geometric`` trains on ``geometric`` (1.0: all);
+    ``breakdown`` is left to the ladder (light sleep, deep sleep, mushroom, pause). Off by default:
+    nothing measured here says it helps (docs/watch.md).
+    """
+
+    enabled: bool = Field(False, description="Scale each step's examples by the last health check's regime.")
+    linear: float = Field(0.3, gt=0, le=1, description="Share of each micro-batch trained on in the linear regime.")
+    geometric: float = Field(1.0, gt=0, le=1, description="Share trained on in the geometric regime.")
+
+    def share(self, regime: str | None) -> float:
+        if not self.enabled or regime is None:
+            return 1.0
+        return {"linear": self.linear, "geometric": self.geometric}.get(regime, 1.0)
+
+
 class RecoveryConfig(StrictModel):
     enabled: bool = Field(False, description="Detect bad steps and act on them (otherwise a NaN stops the run).")
     detectors: list[str] = Field(default_factory=lambda: ["nonfinite", "loss_spike", "grad_spike"],
@@ -101,6 +121,7 @@ class RecoveryConfig(StrictModel):
     light_sleep: LightSleepConfig = Field(default_factory=LightSleepConfig)
     deep_sleep: DeepSleepConfig = Field(default_factory=DeepSleepConfig)
     mushroom: MushroomConfig = Field(default_factory=MushroomConfig)
+    regime_compute: RegimeComputeConfig = Field(default_factory=RegimeComputeConfig)
 
     @field_validator("detectors")
     @classmethod

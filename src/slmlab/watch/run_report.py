@@ -23,6 +23,7 @@ MARKER_COLOURS = {
 }
 SPECTRAL = ("spectral_entropy", "phi_proximity", "dominant_ratio", "phi")
 MAX_EVENT_ROWS = 500
+MAX_SAMPLE_PROBES = 6  # the report shows the samples of the first, the last and evenly spaced probes between
 
 
 def _finite(x: object) -> float | None:
@@ -79,7 +80,9 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
         loss["eval loss"] = _series([(m["step"], m.get("eval_loss")) for m in kept])
     elif counts["eval"]:
         loss["eval loss"] = _series([(e.step, e.data.get("eval_loss")) for e in events if e.kind == "eval"])
+    bpb = _series([(e.step, e.data.get("eval_bpb")) for e in events if e.kind == "eval"])
     charts = [line_chart(loss, "loss", markers=markers, scatter=("rolled back",)),
+              *([line_chart({"eval bits per byte": bpb}, "held-out bits per byte", height=200, markers=markers)] if bpb else []),
               line_chart({"grad norm": _series([(m["step"], m.get("grad_norm")) for m in kept])}, "grad norm",
                          height=200, markers=markers),
               line_chart({"lr": _series([(m["step"], m.get("lr")) for m in kept])}, "learning rate",
@@ -100,5 +103,19 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
     more = f"<p class='note'>{len(shown) - MAX_EVENT_ROWS} more events in events.jsonl.</p>" if len(shown) > MAX_EVENT_ROWS else ""
     sections = ["<h2>Summary</h2>", table(["", ""], summary),
                 "<h2>Curves</h2>", f"<p class='note'>Markers: {legend or 'no events'}</p>", *charts,
+                *_samples_section(probes),
                 "<h2>Events</h2>", table(["step", "kind", "evidence"], rows) if rows else "<p class='note'>No events.</p>", more]
     return write_report(Path(path) if path else run_dir / "report.html", f"Run report: {name}", sections)
+
+
+def _samples_section(probes: list[Event]) -> list[str]:
+    """Each shown probe's greedy samples with their basin labels (probes record them from this version on)."""
+    with_samples = [e for e in probes if e.data.get("samples")]
+    if not with_samples:
+        return []
+    n = len(with_samples)
+    picks = sorted({round(i * (n - 1) / max(1, MAX_SAMPLE_PROBES - 1)) for i in range(min(n, MAX_SAMPLE_PROBES))})
+    rows = [[e.step, s.get("basin", "?"), s.get("prompt", ""), s.get("text", "")]
+            for e in (with_samples[i] for i in picks) for s in e.data["samples"]]
+    note = f"<p class='note'>Greedy samples from the probe prompts at {len(picks)} of {n} probes, each with its basin label.</p>"
+    return ["<h2>Samples</h2>", note, table(["step", "basin", "prompt", "sample"], rows)]
