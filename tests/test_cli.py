@@ -15,8 +15,9 @@ COMMANDS = [
     ["steer", "extract"], ["steer", "quality"], ["steer", "calibrate"], ["steer", "export-gguf"], ["quickstart"],
     ["data", "recipes"], ["data", "generate"], ["data", "inspect"], ["data", "validate"], ["data", "solve"], ["data", "families"],
     ["serve"], ["series", "run"], ["series", "status"], ["compare"],
-    ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"], ["eval-harness"],
+    ["adapters", "merge"], ["adapters", "negate"], ["adapters", "info"], ["eval-harness"], ["eval-coherence"],
     ["kernel", "corpus"], ["kernel", "tokenizer"], ["kernel", "coordizer"], ["kernel", "init"], ["kernel", "bpb"],
+    ["kernel", "bigram"], ["kernel", "constellation"], ["kernel", "routing"],
     ["trio", "train"], ["trio", "run"], ["trio", "eval"], ["dream"],
 ]
 

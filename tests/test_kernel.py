@@ -195,6 +195,28 @@ def test_chunks_fit_and_concatenate_back(tmp_path, corpus_file, tok_dir, tok):
         by_doc[x["id"].split("#")[0]] = by_doc.get(x["id"].split("#")[0], "") + x["text"]
     assert by_doc == {d["id"]: d["text"] for d in _documents()}
     assert r.manifest["splits"]["train"]["tokens"] > 0
+    # EOS only at a document's end: every chunk but the last of its document says "eos": false.
+    for doc_id in by_doc:
+        pieces = [x for x in records if x["id"].split("#")[0] == doc_id]
+        assert [x.get("eos", True) for x in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert any(x.get("eos") is False for x in records)
+
+
+def test_a_text_record_with_eos_false_learns_no_eos(tok):
+    from slmlab.train.data import encode_records
+
+    recs = [{"text": "To be, or not"}, {"text": "To be, or not", "eos": False}]
+    (ended, cont), _ = encode_records(recs, "language-modelling", None, "v6", tok, 64)
+    assert ended.ids[-1] == tok.eos_token_id and ended.targets[-2] == tok.eos_token_id  # EOS learned
+    assert tok.eos_token_id not in cont.ids + cont.targets  # no EOS at all
+    assert ended.ids[:-1] == cont.ids
+
+
+def test_a_non_boolean_eos_flag_names_the_field():
+    from slmlab.data.shapes import record_problem
+
+    assert "field 'eos' must be true or false" in record_problem("language-modelling", {"text": "x", "eos": "no"})
+    assert record_problem("language-modelling", {"text": "x", "eos": False}) is None
 
 
 def test_chunk_text_splits_long_lines_anywhere():

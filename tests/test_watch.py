@@ -517,8 +517,30 @@ def test_probe_events_keep_every_sample_with_its_label_and_the_report_shows_them
     assert probe["n"] == 2 and [s["prompt"] for s in probe["samples"]] == prompts  # as given: no chat template
     for s in probe["samples"]:
         assert s["basin"] == label(s["text"]).basin.value
+    assert probe["coherence_reference"] == "none" and probe["coherence_ppl"] is None  # the default: no reference
+    assert 0 <= probe["coherence_seq_rep_4"] <= 1
     html = write_run_report(res.run_dir).read_text()
     assert "<h2>Samples</h2>" in html and all(p in html for p in prompts)
+
+
+def test_probe_coherence_under_the_model_itself_matches_the_tracker(tmp_path, data_file):
+    from slmlab.kernel.coherence import CoherenceTracker
+    from slmlab.models import load
+
+    watched = {"enabled": True, "every": 2, "probe_every": 2, "spectral_every": None, "probe_tokens": 8,
+               "prompts": ["Once upon a time", "The king said"], "coherence": "self"}
+    res = run_(_config(tmp_path, data_file, name="coh", max_steps=2, save_every=2, watch=watched))
+    (probe,) = [e for e in _all_events(res.run_dir) if e["kind"] == "probe"]
+    from peft import PeftModel
+
+    base, tok = load("tiny-random")
+    model = PeftModel.from_pretrained(base, str(res.run_dir / "adapter")).eval()
+    again = CoherenceTracker(model, tok, name="self").measure([s["text"] for s in probe["samples"]])
+    assert probe["coherence_reference"] == "self" and probe["coherence_ppl"] == pytest.approx(again.ppl, rel=1e-4)
+    b = run_(_config(tmp_path, data_file, name="coh-off", max_steps=2, save_every=2, watch={**watched, "coherence": None}))
+    assert b.losses == res.losses  # scoring the samples moves no generator
+    (plain,) = [e for e in _all_events(b.run_dir) if e["kind"] == "probe"]
+    assert not [k for k in plain if k.startswith("coherence")]
 
 
 def test_regime_share_takes_the_first_share_of_each_micro_batch_and_never_nothing():

@@ -16,6 +16,7 @@ from rich.text import Text
 from slmlab.adapters.cli import adapters_app
 from slmlab.compare.cli import compare_cmd, series_app
 from slmlab.dream.cli import dream_cmd
+from slmlab.evaluate.coherence_cli import coherence_cmd
 from slmlab.evaluate.harness_cli import harness_cmd
 from slmlab.console import (
     Table,
@@ -49,6 +50,7 @@ app.add_typer(series_app, name="series")
 app.command("compare")(compare_cmd)
 app.add_typer(adapters_app, name="adapters")
 app.command("eval-harness")(harness_cmd)
+app.command("eval-coherence")(coherence_cmd)
 app.add_typer(kernel_app, name="kernel")
 app.add_typer(trio_app, name="trio")
 app.command("dream")(dream_cmd)
@@ -170,78 +172,106 @@ def data_generate_cmd(
     Example: [bold]slmlab data generate v6-golden --count 6650 -o data/v6[/bold]
     """
     from slmlab.data.recipes import generate_dataset
+    from slmlab.progress import progress
 
-    result = generate_dataset(recipe, out, count=count, seed=seed, overwrite=overwrite)
+    result = generate_dataset(recipe, out, count=count, seed=seed, overwrite=overwrite, progress=progress)
     print_dataset_summary(result.manifest)
     console.print(f"wrote {out}/train.jsonl, {out}/test.jsonl, {out}/manifest.json (content hash {result.manifest['content_hash'][:12]})")
 
 
 @data_app.command("inspect")
 def data_inspect_cmd(
-    file: Path = typer.Argument(..., help="A JSONL dataset file."),
+    files: list[Path] = typer.Argument(..., help="Dataset files: JSONL, JSON, Parquet, CSV/TSV, or save_to_disk directories."),
     tokenizer: str = typer.Option("smollm2-135m", "--tokenizer", help="Model spec whose tokenizer measures lengths, or 'none' for characters."),
+    split: str | None = typer.Option(None, "--split", help="The split of a save_to_disk DatasetDict (default: the only one, else train)."),
+    columns: str | None = typer.Option(None, "--columns", help="Rename columns to a shape's keys, e.g. question=prompt,answer=completion."),
 ) -> None:
-    """Show categories, answer balance, a length histogram and duplicates of a dataset file.
+    """Show each file's shape, categories, answer balance, a length histogram and duplicates.
 
-    Example: [bold]slmlab data inspect data/v6/train.jsonl[/bold]
+    Files are read as training reads them (slmlab records or TRL's shapes: prompt/completion, messages,
+    prompt/chosen/rejected, text). Example: [bold]slmlab data inspect data/v6/train.jsonl[/bold]
+
+    TRL data with other column names: [bold]slmlab data inspect qa.parquet --columns question=prompt,answer=completion[/bold]
     """
-    from slmlab.data.check import inspect_file, read_dataset
+    from slmlab.data.check import inspect_file, parse_columns, read_dataset
+    from slmlab.data.shapes import SHAPES
     from slmlab.models import load_tokenizer
 
-    dataset = read_dataset(file)  # a file that is not UTF-8 JSONL, or has no records, fails before a tokenizer loads
+    mapping = parse_columns(columns)
+    # Every file is read before a tokenizer loads: a file that cannot be used fails first.
+    datasets = [read_dataset(f, split=split, columns=mapping) for f in files]
     tok = None if tokenizer == "none" else load_tokenizer(tokenizer)
-    rep = inspect_file(file, tok, dataset=dataset)
-    shown = 20
-    for message in rep.malformed[:shown]:
-        err_console.print(message, markup=False, highlight=False)
-    if rep.malformed_lines > shown:
-        err_console.print(f"... and {rep.malformed_lines - shown} more malformed lines", markup=False, highlight=False)
-    console.print(f"[bold]{plain(rep.path)}[/bold]: {rep.records} records, {rep.malformed_lines} malformed lines")
-    for title, counter in (("category", rep.categories), ("family", rep.families), ("answer", rep.answers), ("render", rep.renders)):
-        if not counter:
-            continue
-        table = Table(title=title)
-        table.add_column(title)
-        table.add_column("count", justify="right")
-        table.add_column("share", justify="right")
-        for key, n in counter.most_common():
-            table.add_row(str(key), str(n), f"{n / rep.records:.1%}")
-        console.print(table)
-    hist = Table(title=f"length (input+output, {rep.length_unit})")
-    hist.add_column("range")
-    hist.add_column("count", justify="right")
-    hist.add_column("")
-    peak = max((c for _, _, c in rep.histogram()), default=1) or 1
-    for lo, hi, c in rep.histogram():
-        hist.add_row(f"{lo}-{hi}", str(c), "█" * round(30 * c / peak))
-    console.print(hist)
-    console.print(f"duplicate (input, output) pairs: {rep.duplicate_pairs}; inputs with conflicting outputs: {rep.conflicting_inputs}")
+    for file, dataset in zip(files, datasets):
+        rep = inspect_file(file, tok, dataset=dataset)
+        shown = 20
+        for message in rep.malformed[:shown]:
+            err_console.print(message, markup=False, highlight=False)
+        if rep.malformed_lines > shown:
+            err_console.print(f"... and {rep.malformed_lines - shown} more malformed lines", markup=False, highlight=False)
+        console.print(f"[bold]{plain(rep.path)}[/bold]: {rep.records} records, {rep.malformed_lines} malformed lines")
+        keys = f" ({', '.join(SHAPES[rep.shape].keys)})" if rep.shape else ""
+        console.print(f"shape: {rep.shape or 'none recognised'}{keys}", markup=False, highlight=False)
+        counters = (("category", rep.categories), ("family", rep.families), ("answer", rep.answers), ("render", rep.renders),
+                    ("messages", rep.messages))
+        for title, counter in counters:
+            if not counter:
+                continue
+            table = Table(title=title)
+            table.add_column(title)
+            table.add_column("count", justify="right")
+            table.add_column("share", justify="right")
+            for key, n in counter.most_common():
+                table.add_row(str(key), str(n), f"{n / rep.records:.1%}")
+            console.print(table)
+        hist = Table(title=f"length ({rep.length_of}, {rep.length_unit})")
+        hist.add_column("range")
+        hist.add_column("count", justify="right")
+        hist.add_column("")
+        peak = max((c for _, _, c in rep.histogram()), default=1) or 1
+        for lo, hi, c in rep.histogram():
+            hist.add_row(f"{lo}-{hi}", str(c), "█" * round(30 * c / peak))
+        console.print(hist)
+        conflicts = f"; {rep.conflicts_label}: {rep.conflicting_inputs}" if rep.conflicts_label else ""
+        console.print(f"{rep.duplicates_label}: {rep.duplicate_pairs}{conflicts}", markup=False, highlight=False)
 
 
 @data_app.command("validate")
 def data_validate_cmd(
-    file: Path = typer.Argument(..., help="A JSONL dataset file."),
+    files: list[Path] = typer.Argument(..., help="Dataset files: JSONL, JSON, Parquet, CSV/TSV, or save_to_disk directories."),
+    split: str | None = typer.Option(None, "--split", help="The split of a save_to_disk DatasetDict (default: the only one, else train)."),
+    columns: str | None = typer.Option(None, "--columns", help="Rename columns to a shape's keys, e.g. question=prompt,answer=completion."),
 ) -> None:
-    """Check a dataset: schema, unique ids, every logic answer re-solved, every tool call re-parsed.
+    """Check datasets: slmlab records (schema, unique ids, every logic answer re-solved, every tool call
+    re-parsed) or TRL's shapes (one shape per file, values of the right types).
 
-    Problems name file and line; the whole file is always checked. Exit code 1 if any;
-    2 if the file is not a JSONL file at all (not UTF-8, or no records).
+    Problems name file and line (or row); every file is always checked in full. Exit code 1 if any;
+    2 if a file cannot be read at all (not UTF-8, not its format, no records).
 
     Example: [bold]slmlab data validate data/v6/train.jsonl[/bold]
-    """
-    from slmlab.data.check import validate_file
 
-    rep = validate_file(file)
-    for e in rep.errors[:200]:
-        err_console.print(e, markup=False, highlight=False)
-    if len(rep.errors) > 200:
-        err_console.print(f"... and {len(rep.errors) - 200} more")
-    status = "[green]OK[/green]" if rep.ok else f"[red]{len(rep.errors)} problem(s)[/red]"
-    console.print(
-        f"{file}: {rep.records} records; {rep.logic_checked} logic answers re-solved, "
-        f"{rep.tools_checked} tool calls re-parsed: {status}"
-    )
-    if not rep.ok:
+    A save_to_disk directory: [bold]slmlab data validate data/chat --split test[/bold]
+    """
+    from slmlab.data.check import parse_columns, validate_file
+
+    mapping = parse_columns(columns)
+    failed = False
+    for file in files:
+        rep = validate_file(file, split=split, columns=mapping)
+        for e in rep.errors[:200]:
+            err_console.print(e, markup=False, highlight=False)
+        if len(rep.errors) > 200:
+            err_console.print(f"... and {len(rep.errors) - 200} more")
+        status = "[green]OK[/green]" if rep.ok else f"[red]{len(rep.errors)} problem(s)[/red]"
+        console.print(f"{plain(file)}: shape {plain(rep.shape or 'none recognised')}", highlight=False)
+        if rep.slmlab:
+            console.print(
+                f"{file}: {rep.records} records; {rep.logic_checked} logic answers re-solved, "
+                f"{rep.tools_checked} tool calls re-parsed: {status}"
+            )
+        else:
+            console.print(f"{plain(file)}: {rep.records} records; shape and value types checked: {status}", highlight=False)
+        failed = failed or not rep.ok
+    if failed:
         raise typer.Exit(1)
 
 
@@ -393,9 +423,10 @@ def export_cmd(
 
     Example: [bold]slmlab export runs/lora-v6-golden --merge -o models/lora-v6-golden[/bold]
     """
+    from slmlab.progress import progress
     from slmlab.train.export import export_run
 
-    path = export_run(run_dir, out, merge=merge, overwrite=overwrite)
+    path = export_run(run_dir, out, merge=merge, overwrite=overwrite, progress=progress)
     console.print(f"wrote {path}")
 
 
@@ -407,6 +438,8 @@ def eval_cmd(
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Evaluate only the first N records."),
     out: Path = typer.Option(..., "--out", "-o", help="Results JSON; per-sample lines go beside it as *.samples.jsonl."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    bigram_weight: float = typer.Option(0.0, "--bigram-weight", min=0.0, help="Bigram-biased sampling: add w·log p(next|prev) "
+                                        "from the model dir's bigram.safetensors (`slmlab kernel bigram`); 0: off."),
 ) -> None:
     """Run an evaluation suite and print each metric's mean ± standard error.
 
@@ -415,9 +448,13 @@ def eval_cmd(
     Example: [bold]slmlab eval logic --model smollm2-135m --adapter runs/lora-v6-golden -o results/logic.json[/bold]
     """
     from slmlab.evaluate.suites import run_suite
+    from slmlab.progress import progress
+    from slmlab.kernel.bigram import bias_for_model
 
     _quiet_transformers()
-    result = run_suite(suite, model, adapter=adapter, out=out, limit=limit, overwrite=overwrite)
+    bias = bias_for_model(model, bigram_weight)  # None at 0; a missing table fails before the model loads
+    result = run_suite(suite, model, adapter=adapter, out=out, limit=limit, overwrite=overwrite, progress=progress,
+                       logits_processor=[bias] if bias is not None else None)
     title = f"{result.suite.name} v{result.suite.version} — {model}" + (f" + {adapter}" if adapter else "")
     table = Table(title=title)
     for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("n", "right")):
@@ -439,17 +476,17 @@ def basins_label_cmd(file: Path = typer.Argument(..., help="JSONL with a `text` 
 
     Example: [bold]slmlab basins label generations.jsonl > labelled.jsonl[/bold]
     """
-    from slmlab.evaluate.basins import label
+    from slmlab.evaluate.basins import label_many
     from slmlab.io import dumps_record, iter_jsonl
+    from slmlab.progress import progress
 
     lines = list(iter_jsonl(file))  # the whole file is checked before a byte is written: no half output
     for line in lines:
         if not isinstance(line.record.get("text"), str):
             raise SlmlabError(f"{file}:{line.number}: needs a string field 'text'")
-    out = []
-    for line in lines:
-        res = label(line.record["text"])
-        out.append(dumps_record({**line.record, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence}) + "\n")
+    results = label_many([line.record["text"] for line in lines], progress=progress)
+    out = [dumps_record({**line.record, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence}) + "\n"
+           for line, res in zip(lines, results)]
     sys.stdout.write("".join(out))
 
 
@@ -464,6 +501,8 @@ def basins_map_cmd(
     temperature: float = typer.Option(0.7, "--temperature", "-t", min=0.0),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    bigram_weight: float = typer.Option(0.0, "--bigram-weight", min=0.0, help="Bigram-biased sampling: add w·log p(next|prev) "
+                                        "from the model dir's bigram.safetensors (`slmlab kernel bigram`); 0: off."),
 ) -> None:
     """Generate from a prompt corpus, label every generation, and write the basin distribution per category.
 
@@ -472,10 +511,14 @@ def basins_map_cmd(
     Example: [bold]slmlab basins map --model smollm2-135m --samples 3 -o maps/base.json[/bold]
     """
     from slmlab.evaluate.basin_map import MapSettings, map_basins
+    from slmlab.progress import progress
+    from slmlab.kernel.bigram import bias_for_model
 
     _quiet_transformers()
     settings = MapSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    result = map_basins(model, adapter=adapter, corpus=corpus, settings=settings, out=out, overwrite=overwrite)
+    bias = bias_for_model(model, bigram_weight)  # None at 0; a missing table fails before the model loads
+    result = map_basins(model, adapter=adapter, corpus=corpus, settings=settings, out=out, overwrite=overwrite, progress=progress,
+                        logits_processor=[bias] if bias is not None else None)
     _print_maps({str(out): result})
     console.print(f"{result['n_generations']} generations, {result['tokens_per_second'] or 0:.1f} tokens/s; wrote {out}")
 

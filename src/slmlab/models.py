@@ -133,6 +133,7 @@ def _resolve_external(spec: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotAvailable(f"{path} is a directory but has no config.json; it is not a Hugging Face model.")
+        _register_slmlab_model_type(path / "config.json")
         return str(path)
     if "/" in spec and not path.exists():
         from huggingface_hub import try_to_load_from_cache
@@ -146,6 +147,19 @@ def _resolve_external(spec: str) -> str:
             f"Built-in specs: {', '.join(known_specs())}."
         )
     raise ModelNotAvailable(unknown_name_message("model spec", spec, known_specs()) + " Or pass a local directory or a Hugging Face id.")
+
+
+def _register_slmlab_model_type(config_json: Path) -> None:
+    """Model types slmlab defines register with transformers when their module is imported: import
+    the one ``config.json`` names (a config transformers cannot read is left for it to report)."""
+    import json
+
+    try:
+        model_type = json.loads(config_json.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return
+    if model_type == "slmlab_constellation":
+        import slmlab.kernel.constellation  # noqa: F401 - registers ConstellationConfig / ConstellationForCausalLM
 
 
 def known_specs() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -26,6 +27,7 @@ def series_run_cmd(
     """
     from slmlab.compare.series import run_series
     from slmlab.compare.spec import load_series
+    from slmlab.progress import progress
 
     checked = load_series(spec)
     primary = checked.spec.primary.metric if checked.spec.primary else None
@@ -34,8 +36,10 @@ def series_run_cmd(
         from slmlab.compare.series import series_status
 
         printer.done = sum(r["status"] == "done" for r in series_status(out))
+    # Plain lines on stderr, one per finished run (every=0), never a live bar: a run trained in this
+    # process draws its own.
     records = run_series(spec, out, executor=executor, max_parallel=max_parallel, address=address,
-                         on_record=printer)
+                         on_record=printer, progress=partial(progress, every=0, bar=False))
     failed = [r for r in records if r["status"] != "done"]
     console.print(f"{len(records) - len(failed)} of {len(records)} runs done"
                   + (f"; {len(failed)} failed (see slmlab series status {out})" if failed else "")

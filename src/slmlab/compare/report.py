@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from slmlab.compare.compare import Comparison, costs, rows
-from slmlab.evaluate.report import SERIES_COLOURS, line_chart, table, write_report
+from slmlab.evaluate.report import (
+    SERIES_COLOURS,
+    line_chart,
+    table,
+    write_report,
+    x_ticks,
+)
 from slmlab.io import atomic_write_text, read_jsonl_tolerant
 
 
@@ -126,11 +132,12 @@ def band_chart(bands: dict[str, list[tuple[float, float]]], title: str) -> str:
     parts = [f"<svg width='{sc.width}' height='{sc.height}' role='img' aria-label='{escape(title)}'>",
              f"<text x='{sc.left}' y='18' font-size='14' font-weight='bold'>{escape(title)}</text>"]
     for i in range(5):
-        yv, xv = sc.y0 + (sc.y1 - sc.y0) * i / 4, sc.x0 + (sc.x1 - sc.x0) * i / 4
+        yv = sc.y0 + (sc.y1 - sc.y0) * i / 4
         parts.append(f"<line x1='{sc.left}' x2='{sc.width - sc.right}' y1='{sc.y(yv):.1f}' y2='{sc.y(yv):.1f}' "
                      f"stroke='#eee'/><text x='{sc.left - 6}' y='{sc.y(yv) + 4:.1f}' font-size='11' "
-                     f"text-anchor='end'>{yv:.3g}</text><text x='{sc.x(xv):.1f}' y='{sc.height - 12}' font-size='11' "
-                     f"text-anchor='middle'>{xv:.0f}</text>")
+                     f"text-anchor='end'>{yv:.3g}</text>")
+    for xv, label in x_ticks(sc.x0, sc.x1, all(float(p[0]).is_integer() for p in pts)):
+        parts.append(f"<text x='{sc.x(xv):.1f}' y='{sc.height - 12}' font-size='11' text-anchor='middle'>{label}</text>")
     for k, (name, line) in enumerate(means.items()):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         env = bands.get(f"{name} (min–max over seeds)", [])
@@ -198,7 +205,7 @@ def to_html(comp: Comparison, path: Path) -> Path:
     sections.append("<h2>Verdicts</h2>" + table(list(TEXT_COLUMNS), text_rows(comp)))
     sections.append("<h2>Training loss (mean over seeds, band = min–max)</h2>" +
                     band_chart(loss_bands(comp), "training loss by step"))
-    for metric in ([comp.primary.metric] if comp.primary else []) + ["eval_loss"]:
+    for metric in dict.fromkeys(([comp.primary.metric] if comp.primary else []) + ["eval_loss"]):  # once each
         if metric in comp.metrics:
             sections.append(f"<h2>{escape(metric)}</h2>" + bar_chart(comp, metric))
     sections.append("<h2>Cost</h2>" + table(["cell", "train s", "tokens", "peak RSS MB", "Pareto"],

@@ -28,6 +28,7 @@ from typing import Any
 
 from slmlab.compare.spec import RUN_METRICS, Series, load_series, overrides_for
 from slmlab.io import read_json, write_json
+from slmlab.progress import Progress, ProgressFactory, tracker
 
 RECORD = "series-run.json"
 MAX_ATTEMPTS = 2
@@ -277,16 +278,36 @@ def _submit(ray, task: RunTask):
 
 
 def run_series(spec_path: str | Path, out_dir: str | Path, *, executor: str = "local", max_parallel: int = 1,
-               address: str | None = None, on_record=None) -> list[dict]:
-    """Run every (cell, seed) not yet done; return their records in spec order."""
+               address: str | None = None, on_record=None, progress: ProgressFactory | None = None) -> list[dict]:
+    """Run every (cell, seed) not yet done; return their records in spec order.
+
+    ``on_record(task, record)`` is called as each run finishes; ``progress`` (e.g.
+    :func:`slmlab.progress.progress`) counts the runs, those done before a resume included.
+    """
     from slmlab.errors import SlmlabError
 
-    _series, tasks = prepare(spec_path, out_dir)
-    if executor == "local":
-        return run_local(tasks, max_parallel, on_record)
-    if executor == "ray":
-        return run_ray(tasks, address, on_record)
-    raise SlmlabError(f"unknown executor {executor!r}: local or ray")
+    if executor not in ("local", "ray"):
+        raise SlmlabError(f"unknown executor {executor!r}: local or ray")
+    series, tasks = prepare(spec_path, out_dir)
+    bar = tracker(progress, len(tasks), f"series {series.spec.name} (runs)")
+    bar.skip(sum(1 for t in tasks if (r := read_record(t.run_dir)) and r.get("status") == "done"))
+    with bar:
+        counted = CountRecords(bar, on_record)
+        if executor == "local":
+            return run_local(tasks, max_parallel, counted)
+        return run_ray(tasks, address, counted)
+
+
+class CountRecords:
+    """An ``on_record`` that advances a progress bar, then calls the caller's ``on_record``."""
+
+    def __init__(self, bar: Progress, on_record=None):
+        self.bar, self.on_record = bar, on_record
+
+    def __call__(self, task: RunTask, record: dict) -> None:
+        self.bar.advance()
+        if self.on_record is not None:
+            self.on_record(task, record)
 
 
 def series_status(out_dir: str | Path) -> list[dict]:

@@ -33,6 +33,7 @@ from slmlab import __version__
 from slmlab.config import ConfigError, load_yaml, validate_model
 from slmlab.errors import SlmlabError, unknown_name_message
 from slmlab.io import atomic_write_text, iter_jsonl, write_jsonl
+from slmlab.progress import ProgressFactory, tracker
 
 
 class Category(BaseModel):
@@ -354,6 +355,22 @@ def _summary(records: list[dict]) -> dict:
     }
 
 
+def _category_records(recipe_name: str, cat: Category, generated: list[Example]) -> list[Example]:
+    """A category's examples as dataset records: id, the required fields first, then role/format."""
+    out = []
+    for i, ex in enumerate(generated):
+        rec = {"id": f"{recipe_name}-{cat.name}-{i:06d}", "category": cat.name, **ex.record}
+        rec = {k: rec[k] for k in ("id", "input", "output", "category", "family")} | {
+            k: v for k, v in rec.items() if k not in ("id", "input", "output", "category", "family")
+        }
+        if cat.role:
+            rec["role"] = cat.role
+        if cat.format:
+            rec["format"] = cat.format
+        out.append(Example(rec, ex.group))
+    return out
+
+
 def generate_dataset(
     recipe: str | Path | Recipe,
     out_dir: str | Path,
@@ -362,6 +379,7 @@ def generate_dataset(
     seed: int | None = None,
     base_dir: Path | None = None,
     overwrite: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> DatasetResult:
     """Build a recipe into ``out_dir/{train,test}.jsonl`` and ``manifest.json``.
 
@@ -369,6 +387,7 @@ def generate_dataset(
     recipe's. Files are written atomically, and the manifest last, so a directory with a
     manifest is always complete. ``out_dir`` is checked before anything is generated
     (:func:`slmlab.outputs.check_output`); with ``overwrite=False`` a non-empty one is an error.
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts examples as each category is done.
     """
     from slmlab.outputs import check_output
 
@@ -381,17 +400,10 @@ def generate_dataset(
     counts = category_counts(recipe, count)
 
     examples: list[Example] = []
-    for cat in recipe.categories:
-        for i, ex in enumerate(_generate_category(cat, counts[cat.name], seed, base_dir)):
-            rec = {"id": f"{recipe.name}-{cat.name}-{i:06d}", "category": cat.name, **ex.record}
-            rec = {k: rec[k] for k in ("id", "input", "output", "category", "family")} | {
-                k: v for k, v in rec.items() if k not in ("id", "input", "output", "category", "family")
-            }
-            if cat.role:
-                rec["role"] = cat.role
-            if cat.format:
-                rec["format"] = cat.format
-            examples.append(Example(rec, ex.group))
+    with tracker(progress, sum(counts.values()), f"data {recipe.name}") as p:
+        for cat in recipe.categories:
+            examples += _category_records(recipe.name, cat, _generate_category(cat, counts[cat.name], seed, base_dir))
+            p.advance(counts[cat.name])
 
     random.Random(f"{seed}:shuffle").shuffle(examples)
     train_ex, test_ex = split_groups(examples, recipe.test_fraction, seed)

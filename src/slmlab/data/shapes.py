@@ -161,6 +161,8 @@ def record_problem(shape: str, record: dict) -> str | None:
     for key in keys:
         if not isinstance(record.get(key), str):
             return f"field {key!r} must be a string, got {_kind(record.get(key))}"
+    if shape == "language-modelling" and not isinstance(record.get("eos", True), bool):
+        return f"field 'eos' must be true or false (false: the text continues in the next record), got {_kind(record.get('eos'))}"
     if shape == "conversational":
         return _message_problem(record.get("messages"), "messages")
     if shape == "prompt-completion (conversational)":
@@ -234,22 +236,41 @@ def read_dataset(path: str | Path, *, split: str | None = None, columns: dict[st
     dataset is ``([], None)`` with ``allow_empty``, else a :class:`DatasetError` ("no records").
     """
     path = Path(path)
-    if path.is_dir():
-        records, locations = _read_saved(path, split, default_splits)
-    elif not path.exists():
+    if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
+    if is_jsonl(path):
+        check_single_split(path, split)
+        records, locations = _read_jsonl(path, allow_empty)
     else:
-        if split not in (None, "train"):
-            raise DatasetError(f"{path}: a single file has one split, 'train'; there is no split {split!r} "
-                               "(splits are for directories written by save_to_disk)")
-        kind = DATASETS_SUFFIXES.get(path.suffix.lower())
-        records, locations = _read_jsonl(path, allow_empty) if kind is None else _read_file(path, kind)
+        records, locations = read_rows(path, split=split, default_splits=default_splits)
     if not records:
         if allow_empty:
             return [], None
         raise DatasetError(f"{path}: no records (the dataset is empty)")
     records = apply_columns(records, columns, locations)
     return records, detect_shape(records, str(path), locations)
+
+
+def is_jsonl(path: Path) -> bool:
+    """Whether slmlab's own JSONL reader reads ``path`` (any file whose suffix ``datasets`` does not claim)."""
+    return not path.is_dir() and path.suffix.lower() not in DATASETS_SUFFIXES
+
+
+def check_single_split(path: Path, split: str | None) -> None:
+    """A single file has one split, ``train``: any other is an error."""
+    if split not in (None, "train"):
+        raise DatasetError(f"{path}: a single file has one split, 'train'; there is no split {split!r} "
+                           "(splits are for directories written by save_to_disk)")
+
+
+def read_rows(path: Path, *, split: str | None = None, default_splits: tuple[str, ...] = ("train",)
+              ) -> tuple[list[dict], list[str]]:
+    """Records and their locations (``file: row N``) of a file read through ``datasets`` (JSON, Parquet,
+    CSV/TSV) or a ``save_to_disk`` directory; no columns mapped, no shape detected."""
+    if path.is_dir():
+        return _read_saved(path, split, default_splits)
+    check_single_split(path, split)
+    return _read_file(path, DATASETS_SUFFIXES[path.suffix.lower()])
 
 
 def _read_jsonl(path: Path, allow_empty: bool) -> tuple[list[dict], list[str]]:
@@ -375,7 +396,7 @@ def _json_error(path: Path) -> str | None:
 def _read_saved(path: Path, split: str | None, default_splits: tuple[str, ...]) -> tuple[list[dict], list[str]]:
     if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()
             or (path / "dataset_dict.json").is_file()):
-        raise DatasetError(f"{path}: a directory, but not one written by datasets' save_to_disk "
+        raise DatasetError(f"{path}: is a directory, but not one written by datasets' save_to_disk "
                            f"(no dataset_dict.json, state.json or dataset_info.json). Accepted: {ACCEPTED_FILES}")
     import datasets
 

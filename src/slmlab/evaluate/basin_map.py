@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slmlab.errors import SlmlabError, unknown_name_message
 from slmlab.io import atomic_write_text, iter_jsonl
+from slmlab.progress import ProgressFactory, tracker
 
 BASINS = ("CREATIVE", "SEMANTIC_LOOP", "TOKEN_COLLAPSE", "UNKNOWN")
 
@@ -98,11 +99,16 @@ def map_basins(
     model=None,
     tokenizer=None,
     overwrite: bool = True,
+    progress: ProgressFactory | None = None,
+    logits_processor: list | None = None,
 ) -> dict:
     """Generate ``samples`` completions per prompt (chat template for instruct models), label each, summarise.
 
     Pass ``model``/``tokenizer`` to reuse a loaded model (the quickstart does). ``out`` is checked
     before anything loads; with ``overwrite=False`` an existing non-empty one is an error.
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) reports the generations as they finish.
+    ``logits_processor``: passed to :func:`~slmlab.evaluate.generate.generate` (e.g. the bigram sampler) and
+    recorded in the map.
     """
     from dataclasses import asdict
 
@@ -119,15 +125,17 @@ def map_basins(
     formatted = [format_prompt(tokenizer, p["input"]) for p in prompts]
     per_prompt = [{**p, "samples": []} for p in prompts]
     seconds = new_tokens = 0.0
-    for k in range(s.samples):
-        # Sample k uses seed + k*1000 so samples differ but the whole map is reproducible.
-        batch = generate(model, tokenizer, formatted, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                         top_p=s.top_p, seed=s.seed + 1000 * k, batch_size=s.batch_size)
-        seconds += batch.seconds
-        new_tokens += batch.new_tokens
-        for entry, g in zip(per_prompt, batch.generations):
-            res = label(g.text, tokens=g.tokens, logprobs=g.logprobs)
-            entry["samples"].append({"text": g.text, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence})
+    with tracker(progress, s.samples * len(formatted), "basins map") as p:
+        for k in range(s.samples):
+            # Sample k uses seed + k*1000 so samples differ but the whole map is reproducible.
+            batch = generate(model, tokenizer, formatted, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                             top_p=s.top_p, seed=s.seed + 1000 * k, batch_size=s.batch_size, on_batch=p.advance,
+                             logits_processor=logits_processor)
+            seconds += batch.seconds
+            new_tokens += batch.new_tokens
+            for entry, g in zip(per_prompt, batch.generations):
+                res = label(g.text, tokens=g.tokens, logprobs=g.logprobs)
+                entry["samples"].append({"text": g.text, "basin": res.basin.value, "reason": res.reason, "evidence": res.evidence})
     labels = [smp["basin"] for e in per_prompt for smp in e["samples"]]
     categories = sorted({p["category"] for p in prompts})
     result = {
@@ -136,6 +144,7 @@ def map_basins(
         "adapter": str(adapter) if adapter else None,
         "corpus": corpus,
         "settings": asdict(s),
+        "logits_processor": [repr(x) for x in logits_processor or []],
         "n_generations": len(labels),
         "tokens_per_second": new_tokens / seconds if seconds else None,
         "overall": distribution(labels),

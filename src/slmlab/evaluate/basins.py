@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from slmlab.progress import ProgressFactory, tracker
+
 __all__ = [
     "BASIN_DEFINITIONS", "Basin", "BasinResult", "EVIDENCE_KEYS", "THRESHOLDS", "WORD_RE", "ZLIB_CALIBRATION",
-    "embeddings_available", "evaluate_labeller", "expected_zlib_ratio", "format_report", "label", "label_many",
-    "load_labelled", "repeated_suffix", "seq_rep", "split_sentences", "word_tokens",
+    "content_words", "embeddings_available", "evaluate_labeller", "expected_zlib_ratio", "format_report", "get_embedder",
+    "label", "label_many", "load_labelled", "repeated_suffix", "seq_rep", "split_sentences", "word_tokens",
 ]
 
 
@@ -232,7 +234,8 @@ def _top_trigram(words: list[str]) -> tuple[str, int]:
     return " ".join(gram), count
 
 
-def _content_words(sentence: str) -> frozenset[str]:
+def content_words(sentence: str) -> frozenset[str]:
+    """Lower-cased words of 3+ letters, not in the stop list, a plural -s dropped (lexical sentence similarity)."""
     out = set()
     for w in re.findall(r"[a-z]+(?:'[a-z]+)?", sentence.lower()):
         if len(w) < 3 or w in _STOP:
@@ -241,6 +244,9 @@ def _content_words(sentence: str) -> frozenset[str]:
             w = w[:-1]
         out.add(w)
     return frozenset(out)
+
+
+_content_words = content_words  # the old private name
 
 
 def split_sentences(text: str) -> list[str]:
@@ -285,8 +291,12 @@ def embeddings_available() -> bool:
         return False
 
 
-def _get_embedder():
-    """Load all-MiniLM-L6-v2 from the package's bundled files with plain transformers, offline."""
+def get_embedder():
+    """Load all-MiniLM-L6-v2 from the package's bundled files with plain transformers, offline.
+
+    Returns ``embed(sentences) -> numpy array [n, 384]`` of unit vectors, or None when the optional
+    package is missing or fails to load (callers fall back to the lexical measures).
+    """
     global _EMBEDDER, _EMBEDDER_FAILED
     if _EMBEDDER is not None or _EMBEDDER_FAILED:
         return _EMBEDDER
@@ -323,6 +333,9 @@ def _get_embedder():
     except Exception:  # noqa: BLE001 - any failure means: fall back to the lexical method
         _EMBEDDER_FAILED = True
     return _EMBEDDER
+
+
+_get_embedder = get_embedder  # the old private name
 
 
 def _embedding_similarity(sentences: list[str]) -> list[float] | None:
@@ -562,17 +575,24 @@ def label(
     return done(Basin.CREATIVE, "no degeneration signal above threshold")
 
 
-def label_many(texts: Iterable[str], use_embeddings: bool | None = None) -> list[BasinResult]:
-    """Label several generations (strings, or objects with ``text``/``tokens``/``logprobs`` attributes)."""
+def label_many(texts: Iterable[str], use_embeddings: bool | None = None, *,
+               progress: ProgressFactory | None = None) -> list[BasinResult]:
+    """Label several generations (strings, or objects with ``text``/``tokens``/``logprobs`` attributes).
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) reports each label as it is made.
+    """
+    texts = list(texts)
     out = []
-    for t in texts:
-        if isinstance(t, str) or t is None:
-            out.append(label(t or "", use_embeddings=use_embeddings))
-        else:
-            out.append(
-                label(t.text, tokens=getattr(t, "tokens", None), logprobs=getattr(t, "logprobs", None),
-                      use_embeddings=use_embeddings)
-            )
+    with tracker(progress, len(texts), "basins label") as p:
+        for t in texts:
+            if isinstance(t, str) or t is None:
+                out.append(label(t or "", use_embeddings=use_embeddings))
+            else:
+                out.append(
+                    label(t.text, tokens=getattr(t, "tokens", None), logprobs=getattr(t, "logprobs", None),
+                          use_embeddings=use_embeddings)
+                )
+            p.advance()
     return out
 
 

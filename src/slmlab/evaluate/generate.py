@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from slmlab.models import is_instruct
@@ -52,12 +53,17 @@ def generate(
     seed: int = 0,
     stop: list[str] | None = None,
     batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+    logits_processor: list | None = None,
 ) -> GenerationBatch:
     """Generate a completion for each already-formatted prompt.
 
     ``temperature == 0`` is greedy. Sampling draws from a generator seeded with ``seed``,
     so the same seed gives the same text. Per-token log-probabilities (under the
     sampling distribution's logits before temperature) are kept for later analysis.
+    ``on_batch(n)`` is called after each batch with its number of prompts (progress).
+    ``logits_processor``: ``transformers`` logits processors (e.g. the kernel's bigram sampler),
+    run before the temperature/top-p warpers; None or empty changes nothing.
     """
     import torch
 
@@ -82,6 +88,10 @@ def generate(
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if logits_processor:
+                from transformers import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
             # fork_rng: seeded sampling must not move the caller's global RNG.
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + i)
@@ -96,6 +106,8 @@ def generate(
                 text = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
                 new_tokens += len(ids)
                 out.append(Generation(prompt=prompt, text=text, tokens=ids, logprobs=lps))
+            if on_batch is not None:
+                on_batch(len(chunk))
     finally:
         tokenizer.padding_side = side
     return GenerationBatch(out, new_tokens, time.perf_counter() - start)

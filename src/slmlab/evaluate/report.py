@@ -19,6 +19,15 @@ th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 """
 
 
+def x_ticks(x0: float, x1: float, integers: bool) -> list[tuple[float, str]]:
+    """Five (value, label) ticks from x0 to x1. On an integer axis (steps, rounds) only whole numbers,
+    each drawn at its own value, so a label never names a point beside it."""
+    ticks = [x0 + (x1 - x0) * i / 4 for i in range(5)]
+    if integers:
+        return [(float(v), str(v)) for v in sorted({round(t) for t in ticks})]
+    return [(t, f"{t:.3g}") for t in ticks]
+
+
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: int = 880, height: int = 260,
                markers: list[tuple[float, str, str]] | None = None, scatter: tuple[str, ...] = ()) -> str:
     """Lines over a shared x axis (e.g. loss by step), with axis ticks and a legend.
@@ -44,9 +53,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: 
         yv = y0 + (y1 - y0) * i / 4
         parts.append(f"<line x1='{left}' x2='{width - right}' y1='{sy(yv):.1f}' y2='{sy(yv):.1f}' stroke='#eee'/>"
                      f"<text x='{left - 6}' y='{sy(yv) + 4:.1f}' font-size='11' text-anchor='end'>{yv:.3g}</text>")
-    for i in range(5):
-        xv = x0 + (x1 - x0) * i / 4
-        parts.append(f"<text x='{sx(xv):.1f}' y='{height - 12}' font-size='11' text-anchor='middle'>{xv:.0f}</text>")
+    for xv, label in x_ticks(x0, x1, all(float(x).is_integer() for x in xs)):
+        parts.append(f"<text x='{sx(xv):.1f}' y='{height - 12}' font-size='11' text-anchor='middle'>{label}</text>")
+    # The legend's left edge leaves room for its longest name (about 7 px a character at 12 px).
+    legend_x = width - right - max(160, 7 * (max(len(name) for name in series) + 2))
     for k, (name, s) in enumerate(series.items()):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         if name in scatter:
@@ -56,7 +66,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, width: 
             parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.8' points='{coords}'/>")
         if len(s) == 1 and name not in scatter:
             parts.append(f"<circle cx='{sx(s[0][0]):.1f}' cy='{sy(s[0][1]):.1f}' r='3' fill='{colour}'/>")
-        parts.append(f"<text x='{width - right - 160}' y='{top + 14 * k + 4}' font-size='12' fill='{colour}'>— {escape(name)}</text>")
+        parts.append(f"<text x='{legend_x}' y='{top + 14 * k + 4}' font-size='12' fill='{colour}'>— {escape(name)}</text>")
     for x, label, colour in markers:
         mx = sx(x)
         parts.append(f"<line class='marker' x1='{mx:.1f}' x2='{mx:.1f}' y1='{top}' y2='{height - bottom}' stroke='{colour}' "

@@ -52,6 +52,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 
 from slmlab.config import ConfigError, StrictModel, load_yaml, validate_model
 from slmlab.errors import SlmlabError, unknown_name_message
+from slmlab.progress import ProgressFactory, tracker
 
 _PATHLIKE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
 
@@ -487,6 +488,8 @@ def run_suite(
     out: Path | None = None,
     limit: int | None = None,
     overwrite: bool = True,
+    progress: ProgressFactory | None = None,
+    logits_processor: list | None = None,
 ) -> SuiteResult:
     """Generate for every record of a suite and score it with the suite's metrics.
 
@@ -494,6 +497,9 @@ def run_suite(
     loads. With ``out``, writes ``out`` (results JSON) and ``out`` with ``.samples.jsonl`` (one
     line per record), both atomically, samples first. ``limit`` overrides the suite's.
     With ``overwrite=False`` an existing non-empty results or samples file is an error.
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) reports the generations as they finish.
+    ``logits_processor``: passed to :func:`~slmlab.evaluate.generate.generate` (e.g. the bigram sampler) and
+    recorded in the results' config.
     """
     from slmlab import __version__
     from slmlab.data.roles import load_template, render_prompt
@@ -524,8 +530,10 @@ def run_suite(
         names.append(name)
         prompts.append(render_prompt(rec["input"], templates[name], tokenizer))
     g = suite.generation
-    batch = generate(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                     top_p=g.top_p, seed=g.seed, stop=g.stop, batch_size=g.batch_size)
+    with tracker(progress, len(prompts), f"eval {suite.name}") as p:
+        batch = generate(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                         top_p=g.top_p, seed=g.seed, stop=g.stop, batch_size=g.batch_size, on_batch=p.advance,
+                         logits_processor=logits_processor)
 
     samples = []
     for rec, name, gen in zip(records, names, batch.generations):
@@ -546,7 +554,8 @@ def run_suite(
     if out is not None:
         out = Path(out)
         result.results_path, result.samples_path = out, samples_path_for(out)
-        config = suite.model_dump(mode="json") | {"limit": effective_limit}
+        config = suite.model_dump(mode="json") | {"limit": effective_limit,
+                                                  "logits_processor": [repr(x) for x in logits_processor or []]}
         report = {
             "suite": {"name": suite.name, "version": suite.version, "source": None if suite.source is None else str(suite.source)},
             "model": model_spec,

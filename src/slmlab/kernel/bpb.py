@@ -36,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import ProgressFactory, tracker
 
 IGNORE = -100
 
@@ -108,19 +109,27 @@ def document_examples(tokenizer, texts: list[str], max_length: int, prepend_bos:
 
 
 def bits_per_byte(model, tokenizer, texts: list[str], *, max_length: int | None = None, prepend_bos: bool = False,
-                  batch_size: int = 8) -> BpbResult:
-    """Bits per byte of ``model`` on ``texts`` (see the module docstring for what is counted)."""
+                  batch_size: int = 8, progress: ProgressFactory | None = None) -> BpbResult:
+    """Bits per byte of ``model`` on ``texts`` (see the module docstring for what is counted).
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the scoring windows.
+    """
     texts = list(texts)
     if not texts or not any(t for t in texts):
         raise SlmlabError("bits per byte needs at least one non-empty text")
     limit = max_length or model.config.max_position_embeddings
     examples = document_examples(tokenizer, texts, limit, prepend_bos)
-    result = bits_per_byte_examples(model, examples, token_byte_lengths(tokenizer), batch_size=batch_size)
+    result = bits_per_byte_examples(model, examples, token_byte_lengths(tokenizer), batch_size=batch_size,
+                                    progress=progress)
     return BpbResult(result.bpb, result.nats, result.bytes, result.tokens, len(texts))
 
 
-def bits_per_byte_examples(model, examples: list, byte_lengths: list[int], *, batch_size: int = 8) -> BpbResult:
-    """Bits per byte over encoded examples: targets that are not ``IGNORE`` and cover bytes are scored."""
+def bits_per_byte_examples(model, examples: list, byte_lengths: list[int], *, batch_size: int = 8,
+                           progress: ProgressFactory | None = None) -> BpbResult:
+    """Bits per byte over encoded examples: targets that are not ``IGNORE`` and cover bytes are scored.
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the examples (windows) scored.
+    """
     import torch
 
     nats, n_bytes, tokens = 0.0, 0, 0
@@ -129,7 +138,7 @@ def bits_per_byte_examples(model, examples: list, byte_lengths: list[int], *, ba
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), tracker(progress, len(examples), "kernel bpb (windows)") as bar:
             for k in range(0, len(examples), batch_size):
                 batch = examples[k:k + batch_size]
                 width = max(len(e.ids) for e in batch)
@@ -145,6 +154,7 @@ def bits_per_byte_examples(model, examples: list, byte_lengths: list[int], *, ba
                 nats += nll[scored].double().sum().item()
                 n_bytes += int(covered.sum())
                 tokens += int(scored.sum())
+                bar.advance(len(batch))
     finally:
         model.train(was_training)
     if not n_bytes:

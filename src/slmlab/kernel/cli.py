@@ -14,10 +14,12 @@ import typer
 
 from slmlab.console import console, quiet_transformers
 from slmlab.errors import SlmlabError
+from slmlab.kernel.constellation_cli import constellation_cmd, routing_cmd
 from slmlab.outputs import OVERWRITE_HELP
 
 kernel_app = typer.Typer(
-    help="A small transformer from scratch: corpus, byte-level BPE tokenizer, model init, bits per byte.",
+    help="A small transformer from scratch: corpus, byte-level BPE tokenizer, model init, bits per byte, "
+         "bigram table, constellation.",
     no_args_is_help=True,
 )
 
@@ -55,11 +57,12 @@ def corpus_cmd(
     Example: [bold]slmlab kernel corpus --mix logic -o data/kernel --chunk-tokens 256 --tokenizer kernels/tok-4k[/bold]
     """
     from slmlab.kernel.corpus import build_corpus
+    from slmlab.progress import progress
 
     sources = [s for s in _names(source) if s != "none"]
     result = build_corpus(out, sources=sources, texts=text, mix=_names(mix), mix_count=mix_count,
                           chunk_tokens=chunk_tokens, tokenizer=tokenizer, val_fraction=val_fraction, seed=seed,
-                          overwrite=overwrite)
+                          overwrite=overwrite, progress=progress)
     for name, s in result.manifest["splits"].items():
         tokens = f", {s['tokens']} tokens" if "tokens" in s else ""
         _say(f"{name}: {s['documents']} documents → {s['records']} records, {s['bytes'] / 1e6:.2f} MB{tokens} "
@@ -139,13 +142,15 @@ def bpb_cmd(
     """
     from slmlab.kernel.bpb import bits_per_byte, read_eval_texts
     from slmlab.models import load
+    from slmlab.progress import progress
 
     quiet_transformers()
     if limit is not None and limit < 1:
         raise SlmlabError(f"--limit must be positive, got {limit}")
     texts = read_eval_texts(data, limit)
     m, tok = load(model)
-    r = bits_per_byte(m, tok, texts, max_length=max_length, prepend_bos=prepend_bos, batch_size=batch_size)
+    r = bits_per_byte(m, tok, texts, max_length=max_length, prepend_bos=prepend_bos, batch_size=batch_size,
+                      progress=progress)
     if as_json:
         typer.echo(json.dumps({"model": model, "data": str(data), "bpb": r.bpb, "nats": r.nats, "bytes": r.bytes,
                          "tokens": r.tokens, "documents": r.documents, "nats_per_token": r.nats_per_token}))
@@ -154,4 +159,33 @@ def bpb_cmd(
              f"{r.nats_per_token:.4f} nats per token)")
 
 
+@kernel_app.command("bigram")
+def bigram_cmd(
+    corpus: list[Path] = typer.Argument(..., help="The corpus's train split: .jsonl of {\"text\"} records (e.g. "
+                                        "data/kernel/train.jsonl) or UTF-8 text files. Never the validation split."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer or model directory: the table is written "
+                                   "there as bigram.safetensors (the bigram sampler reads it from the model dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+) -> None:
+    """Count the corpus's token bigrams (sparse) for the bigram-biased sampler (`--bigram-weight`).
+
+    Texts are tokenized as `slmlab train` does (no special tokens, EOS appended); pairs never cross
+    records. Writes DIR/bigram.safetensors: non-zero counts only, plus each token's count.
+
+    Example: [bold]slmlab kernel bigram data/kernel/train.jsonl --tokenizer kernels/d4[/bold]
+    """
+    from slmlab.kernel.bigram import build_bigrams
+
+    quiet_transformers()
+    r = build_bigrams(corpus, tokenizer, overwrite=overwrite)
+    t = r.table
+    _say(f"wrote {r.path}: {t.pairs} pairs from {r.documents} texts, {len(t.counts)} distinct bigrams "
+         f"({len(t.counts) / t.vocab_size ** 2:.3%} of {t.vocab_size}²)")
+
+
 __all__ = ["kernel_app"]
+
+
+# The constellation: a mixture of small kernels routed by Fisher-Rao distance to E8 prototypes.
+kernel_app.command("constellation")(constellation_cmd)
+kernel_app.command("routing")(routing_cmd)

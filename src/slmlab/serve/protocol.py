@@ -32,6 +32,9 @@ class SamplingBody(Body):
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
     readout: bool = False  # slmlab extension: per-token concept scores (server started with --readout)
+    # slmlab extension (openai: extra_body={"bigram_weight": 0.5}): add w·log p(next|prev) from the served model
+    # directory's bigram.safetensors to the logits before sampling (slmlab.kernel.bigram); 0: off.
+    bigram_weight: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _unsupported(self):

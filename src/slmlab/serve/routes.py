@@ -97,7 +97,8 @@ async def completions(body: CompletionBody, request: Request):
         s.check_ids(ids, f"prompt[{i}]" if len(prompt_ids) > 1 else "prompt")
         s.check_budget(len(ids), max_tokens)
     _check_readout(s, body)
-    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=body.logprobs, echo=body.echo), adapter,
+    bias = s.bigram_bias(body)
+    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=body.logprobs, echo=body.echo, bias=bias), adapter,
                 readout=body.readout) for ids in prompt_ids for j in range(body.n)]
     if body.stream:
         return _stream(s, rows, body.model, chat=False, include_usage=_include_usage(body))
@@ -129,7 +130,8 @@ async def chat(body: ChatBody, request: Request):
     s.check_budget(len(ids), max_tokens, "messages")
     top = (body.top_logprobs or 0) if body.logprobs else None
     _check_readout(s, body)
-    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=top), adapter, readout=body.readout)
+    bias = s.bigram_bias(body)
+    rows = [Row(ids, sampling_of(body, max_tokens, j, logprobs=top, bias=bias), adapter, readout=body.readout)
             for j in range(body.n)]
     if body.stream:
         return _stream(s, rows, body.model, chat=True, include_usage=_include_usage(body))

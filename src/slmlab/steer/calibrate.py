@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import ProgressFactory, tracker
 
 DEFAULT_PROMPTS = [
     "Tell me about your day.",
@@ -86,8 +87,12 @@ def calibrate(
     refine: int = 2,
     loaded=None,
     console=None,
+    progress: ProgressFactory | None = None,
 ) -> dict:
-    """Run the sweep, write the results back into ``readout.json``; return ``calibration[concept]``."""
+    """Run the sweep, write the results back into ``readout.json``; return ``calibration[concept]``.
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the strengths tried (grid, then bisection).
+    """
     import numpy as np
 
     from slmlab.evaluate.basins import label
@@ -156,17 +161,21 @@ def calibrate(
             f"readout {row['readout'] if row['readout'] is not None else float('nan'):+.4g}  {gens[0]['text'][:60]!r}")
         return row
 
-    for a in grid:
-        run(a)
-    # Bisect between the last safe grid alpha and the first unsafe one (assumes failures grow with alpha).
+    with tracker(progress, len(grid) + refine, f"steer calibrate {concept} (alphas)") as bar:
+        for a in grid:
+            run(a)
+            bar.advance()
+        # Bisect between the last safe grid alpha and the first unsafe one (assumes failures grow with alpha).
+        for _ in range(refine):
+            ordered = sorted(rows, key=lambda r: r["alpha"])
+            lo = safe_alpha([r["alpha"] for r in ordered], [r["failures"] for r in ordered])
+            above = [r["alpha"] for r in ordered if r["alpha"] > lo]
+            if not above:
+                break
+            run((lo + above[0]) / 2)
+            bar.advance()
+        bar.update(bar.completed, total=bar.completed)  # the bisection may have stopped early
     base = rows[0]["failures"]
-    for _ in range(refine):
-        ordered = sorted(rows, key=lambda r: r["alpha"])
-        lo = safe_alpha([r["alpha"] for r in ordered], [r["failures"] for r in ordered])
-        above = [r["alpha"] for r in ordered if r["alpha"] > lo]
-        if not above:
-            break
-        run((lo + above[0]) / 2)
     rows.sort(key=lambda r: r["alpha"])
     grid = [r["alpha"] for r in rows]
     safe = safe_alpha(grid, [r["failures"] for r in rows])

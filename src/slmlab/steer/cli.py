@@ -13,6 +13,7 @@ from slmlab.console import console, err_console, quiet_transformers
 
 from slmlab.errors import SlmlabError
 from slmlab.outputs import OVERWRITE_HELP
+from slmlab.progress import progress
 
 steer_app = typer.Typer(
     help="Concept vectors: extract from a story corpus, quality report, calibrate steering strength, export to GGUF.",
@@ -60,7 +61,7 @@ def extract_cmd(
 
     quiet_transformers()
     extract(corpus, model, out, layers=layers, pooling=pooling, method=method, batch_size=batch_size,
-            max_tokens=max_tokens, console=err_console, overwrite=overwrite)
+            max_tokens=max_tokens, console=err_console, overwrite=overwrite, progress=progress)
     console.print(str(out))
 
 
@@ -81,7 +82,7 @@ def quality_cmd(
     from slmlab.steer.quality import quality
 
     quiet_transformers()
-    q = quality(readout_dir, corpus, model)
+    q = quality(readout_dir, corpus, model, progress=progress)
     L = str(q["headline_layer"])
     t = Table(title=f"Triage at layer {L} (best mean held-out AUROC {q['layers'][L]['mean_auroc']})")
     for col in ("concept", "triage", "first-PC", "AUROC", "ridge R²", "neuron |cos|", "nearest"):
@@ -115,7 +116,8 @@ def calibrate_cmd(
 
     quiet_transformers()
     r = calibrate(readout_dir, concept, model, layer=layer, alphas=_floats(alphas, "--alphas"), prompts=prompt or None,
-                  max_new_tokens=max_new_tokens, positions=positions, refine=refine, console=err_console)
+                  max_new_tokens=max_new_tokens, positions=positions, refine=refine, console=err_console,
+                  progress=progress)
     console.print(f"{concept}: safe alpha {r['safe_alpha']:.4g} at layer {r['layer']} "
                   f"(tested {r['tested_range'][0]:.3g}..{r['tested_range'][1]:.3g})")
 

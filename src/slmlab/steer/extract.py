@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import ProgressFactory, tracker
 from slmlab.steer.corpus import Corpus, load_corpus
 
 FORMAT = "slmlab.steer.readout/1"
@@ -494,11 +495,13 @@ def extract(
     console=None,
     loaded=None,
     overwrite: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> dict:
     """Run the whole extraction; returns the manifest written to ``OUT/readout.json``.
 
     ``loaded`` = an already loaded ``(model, tokenizer)`` (tests, benchmarks); otherwise
-    ``slmlab.models.load(model_spec)`` after preflight. ``console`` (rich) enables progress output.
+    ``slmlab.models.load(model_spec)`` after preflight. ``console`` (rich) prints what is done;
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the forward batches.
     ``out_dir`` is checked right after preflight, before the model loads; with ``overwrite=False`` a
     non-empty one is an error.
     """
@@ -530,21 +533,9 @@ def extract(
     if n_blocks != shape.n_layers:
         raise SlmlabError(f"{model_spec}: config says {shape.n_layers} layers but the model has {n_blocks} decoder blocks")
 
-    if console is not None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("forward"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as bar:
-            task = bar.add_task("forward", total=None)
-
-            def on_batch(done, total):
-                bar.update(task, completed=done, total=total)
-
-            acts = collect_activations(model, tokenizer, corpus.texts, plan.layers, pooling=pooling,
-                                       batch_size=batch_size, max_tokens=max_tokens, on_batch=on_batch)
-    else:
+    with tracker(progress, -(-len(corpus.texts) // batch_size), "steer extract (batches)") as p:
         acts = collect_activations(model, tokenizer, corpus.texts, plan.layers, pooling=pooling,
-                                   batch_size=batch_size, max_tokens=max_tokens)
+                                   batch_size=batch_size, max_tokens=max_tokens, on_batch=p.update)
 
     vectors = {i: concept_vectors(acts.acts[i], corpus, method) for i in plan.layers}
     residual_norm = {str(i): float(acts.acts[i].norm(dim=1).mean()) for i in plan.layers}

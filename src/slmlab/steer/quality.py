@@ -36,6 +36,7 @@ import math
 from pathlib import Path
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import ProgressFactory, tracker
 
 THRESHOLDS = {
     "clean_pc1": 0.7,
@@ -187,10 +188,74 @@ def _r(x, nd=4):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
 
-def compute_quality(readout, corpus, acts: dict, W_down: dict | None = None, heads_shape: dict | None = None) -> dict:
-    """The quality.json content. ``acts`` from ``load_activations``; ``W_down[layer]`` [hidden, intermediate]."""
+def _layer_quality(readout, corpus, acts: dict, layer: int, W_down: dict, heads_shape: dict, out_concepts: dict,
+                   bar) -> dict:
+    """One layer's measures for every concept (into ``out_concepts``); returns the layer's summary."""
     import numpy as np
 
+    concepts = readout.concepts
+    X = acts["acts"][layer].double().numpy()
+    V = readout.vectors[layer].double().numpy()
+    cos = V @ V.T / np.outer(np.linalg.norm(V, axis=1), np.linalg.norm(V, axis=1)).clip(1e-12)
+    buckets: dict[str, list[str]] = {b: [] for b in BUCKETS}
+    aurocs = []
+    for k, c in enumerate(concepts):
+        pos, neg = corpus.positives(c), corpus.negatives(c)
+        items = corpus.positive_items(c)
+        neg_mean = X[neg].mean(0)
+        align = {it.path: _r(cosine(X[it.unit] - neg_mean, V[k])) for it in items}
+        ps, ns = loo_scores(X, pos, neg)
+        au = auroc(ps, ns) if ps else None
+        others = [j for j in range(len(concepts)) if j != k]
+        # Regressors: the other concepts' diff-of-means built WITHOUT this concept's texts in their
+        # negatives. The stored one-vs-rest vectors nearly sum to zero (each concept's positives sit
+        # in every other concept's negatives), which makes any of them look explained by the rest.
+        own = set(pos)
+        R = np.stack([_dom(X, corpus.positives(concepts[j]), [t for t in corpus.negatives(concepts[j]) if t not in own])
+                      for j in others])
+        r2, w = ridge(V[k], R, THRESHOLDS["ridge_lambda"])
+        r2_raw, _ = ridge(V[k], V[others], THRESHOLDS["ridge_lambda"])
+        top = sorted(range(len(others)), key=lambda j: -abs(w[j]))[:5]
+        near = sorted(others, key=lambda j: -cos[k, j])[:5]
+        neuron = neuron_alignment(V[k], W_down.get(layer))
+        m = {
+            "first_pc_ratio": _r(first_pc_ratio(X[pos])) if len(pos) >= THRESHOLDS["min_positives_pc1"] else None,
+            # the smallest ratio n centred points can have; with 3 positives it is 0.5, so "< 0.4" cannot happen
+            "first_pc_floor": _r(1 / min(len(pos) - 1, X.shape[1])) if len(pos) >= 2 else None,
+            "first_pc_judged": len(pos) >= THRESHOLDS["min_positives_pc1_triage"],
+            "story_alignment": align,
+            "outliers": [p for p, _ in sorted(align.items(), key=lambda kv: kv[1])[:2]] if len(align) > 2 else [],
+            "single_neuron": {"cosine": _r(neuron[0]), "neuron": neuron[1],
+                              "one_neuron": neuron[0] > THRESHOLDS["single_neuron"]} if neuron else None,
+            "nearest": [[concepts[j], _r(cos[k, j])] for j in near],
+            "ridge": {"r2": _r(r2), "top": [[concepts[others[j]], _r(w[j])] for j in top], "r2_one_vs_rest": _r(r2_raw)},
+            "auroc": _r(au),
+            "projection_gap": _r(float(V[k] @ (X[pos].mean(0) - neg_mean))),
+        }
+        if layer in acts.get("heads", {}) and str(layer) in heads_shape:
+            nh, hd = heads_shape[str(layer)]
+            m["heads"] = head_decomposition(acts["heads"][layer].numpy(), pos, neg, nh, hd)
+        else:
+            m["heads"] = None  # no standard attention at this layer: skipped
+        m["triage"] = triage(m)
+        buckets[m["triage"]].append(c)
+        if au is not None:
+            aurocs.append(au)
+        out_concepts[c]["layers"][str(layer)] = m
+        bar.advance()
+    return {
+        "relative_depth": readout.manifest["relative_depths"][str(layer)],
+        "mean_auroc": _r(float(np.mean(aurocs))) if aurocs else None,
+        "triage": buckets,
+    }
+
+
+def compute_quality(readout, corpus, acts: dict, W_down: dict | None = None, heads_shape: dict | None = None,
+                    progress: ProgressFactory | None = None) -> dict:
+    """The quality.json content. ``acts`` from ``load_activations``; ``W_down[layer]`` [hidden, intermediate].
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the (layer, concept) pairs measured.
+    """
     concepts = readout.concepts
     if corpus.concepts != concepts:
         raise SlmlabError("corpus concepts differ from the readout's; re-run 'slmlab steer extract'")
@@ -199,60 +264,9 @@ def compute_quality(readout, corpus, acts: dict, W_down: dict | None = None, hea
     out_concepts: dict = {c: {"n_positives": len(corpus.positives(c)), "n_negatives": len(corpus.negatives(c)),
                               "layers": {}} for c in concepts}
     per_layer: dict = {}
-    for layer in readout.layers:
-        X = acts["acts"][layer].double().numpy()
-        V = readout.vectors[layer].double().numpy()
-        cos = V @ V.T / np.outer(np.linalg.norm(V, axis=1), np.linalg.norm(V, axis=1)).clip(1e-12)
-        buckets: dict[str, list[str]] = {b: [] for b in BUCKETS}
-        aurocs = []
-        for k, c in enumerate(concepts):
-            pos, neg = corpus.positives(c), corpus.negatives(c)
-            items = corpus.positive_items(c)
-            neg_mean = X[neg].mean(0)
-            align = {it.path: _r(cosine(X[it.unit] - neg_mean, V[k])) for it in items}
-            ps, ns = loo_scores(X, pos, neg)
-            au = auroc(ps, ns) if ps else None
-            others = [j for j in range(len(concepts)) if j != k]
-            # Regressors: the other concepts' diff-of-means built WITHOUT this concept's texts in their
-            # negatives. The stored one-vs-rest vectors nearly sum to zero (each concept's positives sit
-            # in every other concept's negatives), which makes any of them look explained by the rest.
-            own = set(pos)
-            R = np.stack([_dom(X, corpus.positives(concepts[j]), [t for t in corpus.negatives(concepts[j]) if t not in own])
-                          for j in others])
-            r2, w = ridge(V[k], R, THRESHOLDS["ridge_lambda"])
-            r2_raw, _ = ridge(V[k], V[others], THRESHOLDS["ridge_lambda"])
-            top = sorted(range(len(others)), key=lambda j: -abs(w[j]))[:5]
-            near = sorted(others, key=lambda j: -cos[k, j])[:5]
-            neuron = neuron_alignment(V[k], W_down.get(layer))
-            m = {
-                "first_pc_ratio": _r(first_pc_ratio(X[pos])) if len(pos) >= THRESHOLDS["min_positives_pc1"] else None,
-                # the smallest ratio n centred points can have; with 3 positives it is 0.5, so "< 0.4" cannot happen
-                "first_pc_floor": _r(1 / min(len(pos) - 1, X.shape[1])) if len(pos) >= 2 else None,
-                "first_pc_judged": len(pos) >= THRESHOLDS["min_positives_pc1_triage"],
-                "story_alignment": align,
-                "outliers": [p for p, _ in sorted(align.items(), key=lambda kv: kv[1])[:2]] if len(align) > 2 else [],
-                "single_neuron": {"cosine": _r(neuron[0]), "neuron": neuron[1],
-                                  "one_neuron": neuron[0] > THRESHOLDS["single_neuron"]} if neuron else None,
-                "nearest": [[concepts[j], _r(cos[k, j])] for j in near],
-                "ridge": {"r2": _r(r2), "top": [[concepts[others[j]], _r(w[j])] for j in top], "r2_one_vs_rest": _r(r2_raw)},
-                "auroc": _r(au),
-                "projection_gap": _r(float(V[k] @ (X[pos].mean(0) - neg_mean))),
-            }
-            if layer in acts.get("heads", {}) and str(layer) in heads_shape:
-                nh, hd = heads_shape[str(layer)]
-                m["heads"] = head_decomposition(acts["heads"][layer].numpy(), pos, neg, nh, hd)
-            else:
-                m["heads"] = None  # no standard attention at this layer: skipped
-            m["triage"] = triage(m)
-            buckets[m["triage"]].append(c)
-            if au is not None:
-                aurocs.append(au)
-            out_concepts[c]["layers"][str(layer)] = m
-        per_layer[str(layer)] = {
-            "relative_depth": readout.manifest["relative_depths"][str(layer)],
-            "mean_auroc": _r(float(np.mean(aurocs))) if aurocs else None,
-            "triage": buckets,
-        }
+    with tracker(progress, len(readout.layers) * len(concepts), "steer quality (layer x concept)") as bar:
+        for layer in readout.layers:
+            per_layer[str(layer)] = _layer_quality(readout, corpus, acts, layer, W_down, heads_shape, out_concepts, bar)
     scored = [(v["mean_auroc"] if v["mean_auroc"] is not None else -1, -abs(v["relative_depth"] - 0.5), int(l))
               for l, v in per_layer.items()]
     headline = max(scored)[2]
@@ -332,8 +346,11 @@ def down_proj_weights(model, layers: list[int]) -> dict:
 
 
 def quality(readout_dir: str | Path, corpus_dir: str | Path | None = None, model_spec: str | None = None,
-            *, loaded=None, console=None) -> dict:
-    """Write ``quality.json`` and ``quality.html`` into the readout directory; return the report."""
+            *, loaded=None, console=None, progress: ProgressFactory | None = None) -> dict:
+    """Write ``quality.json`` and ``quality.html`` into the readout directory; return the report.
+
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the (layer, concept) pairs measured.
+    """
     from slmlab.evaluate.report import write_report
     from slmlab.io import atomic_write_text
     from slmlab.steer.corpus import load_corpus
@@ -353,7 +370,8 @@ def quality(readout_dir: str | Path, corpus_dir: str | Path | None = None, model
         loaded = load(spec)
     model = loaded[0]
     readout.check_model(model, spec)
-    q = compute_quality(readout, corpus, acts, down_proj_weights(model, readout.layers), readout.manifest.get("attention_heads"))
+    q = compute_quality(readout, corpus, acts, down_proj_weights(model, readout.layers), readout.manifest.get("attention_heads"),
+                        progress=progress)
     atomic_write_text(readout.dir / QUALITY_FILE, json.dumps(q, indent=2, ensure_ascii=False) + "\n")
     write_report(readout.dir / QUALITY_HTML, "Concept vector quality", quality_html(q))
     return q

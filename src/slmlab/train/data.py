@@ -170,7 +170,9 @@ def encode_records(records: list[dict], shape: str, objective, default_format: s
       same for non-conversational prompt-completion data), EOS appended to the completion.
     * ``conversational``, ``prompt-completion (conversational)``, ``preference (conversational)``:
       the tokenizer's chat template; loss on assistant turns only (:func:`conversation_tokens`).
-    * ``language-modelling``: every token of ``text`` plus EOS is learned.
+    * ``language-modelling``: every token of ``text`` plus EOS is learned; with ``"eos": false``
+      (a chunk whose document continues in the next record, as ``slmlab kernel corpus`` writes
+      them) no EOS is appended, so the model never learns to end a text where a chunk was cut.
 
     Truncation follows :func:`slmlab.train.batching.encode_pair` (drop by default). An example the
     chat template cannot split consistently is *refused* (counted, with its reason, in the stats).
@@ -218,7 +220,7 @@ def _token_examples(rec: dict, shape: str, tokenizer) -> list[tuple[list[int], l
         eos_id = tokenizer.eos_token_id
         if eos_id is None:
             _eos(tokenizer)
-        if not ids or ids[-1] != eos_id:
+        if rec.get("eos", True) and (not ids or ids[-1] != eos_id):
             ids = ids + [eos_id]
         if len(ids) < 2:
             return ["the text is empty: nothing to learn"]

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from slmlab.errors import SlmlabError
+from slmlab.progress import ProgressFactory, tracker
 from slmlab.train.config import load_train_config
 
 
@@ -20,11 +21,13 @@ def _copy_dir(src: Path, out: Path) -> Path:
     return out
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, overwrite: bool = True) -> Path:
+def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, overwrite: bool = True,
+               progress: ProgressFactory | None = None) -> Path:
     """Write ``out`` so that ``AutoModelForCausalLM.from_pretrained(out)`` loads the trained model.
 
     ``out`` is checked before anything loads (:func:`slmlab.outputs.check_output`); an existing
     ``out`` is replaced as a whole, and with ``overwrite=False`` a non-empty one is an error.
+    ``progress`` (e.g. :func:`slmlab.progress.progress`) counts the merge's steps: load the base, merge, save.
     """
     from slmlab.models import load
     from slmlab.outputs import check_creatable, check_output
@@ -42,8 +45,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = True, over
         return _copy_dir(adapter, out)
     from peft import PeftModel
 
-    base, tokenizer = load(config.model, seed=config.seed)
     from slmlab.train.record import save_pretrained_atomically
 
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    return save_pretrained_atomically(merged, tokenizer, out)
+    with tracker(progress, 3, "export (load, merge, save)") as bar:
+        base, tokenizer = load(config.model, seed=config.seed)
+        bar.advance()
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        bar.advance()
+        path = save_pretrained_atomically(merged, tokenizer, out)
+        bar.advance()
+    return path

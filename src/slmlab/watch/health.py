@@ -17,7 +17,8 @@ states (after the model's last norm) over the prompt tokens. From it:
 Every ``watch.probe_every`` steps the monitor also generates greedily from the probe prompts
 and labels each text with the basin labeller: ``loop_rate`` (share SEMANTIC_LOOP) and
 ``collapse_rate`` (share TOKEN_COLLAPSE); the probe event keeps every sample with its label
-(the run report shows them). Every ``watch.spectral_every`` steps it adds the
+(the run report shows them) and the samples' coherence (``watch.coherence``: consecutive-sentence
+cosine, seq-rep, and perplexity under the model itself or a reference model). Every ``watch.spectral_every`` steps it adds the
 spectral summary of one rotating slice of the LoRA deltas (informational, no status level).
 
 Levels per metric (good / warning / danger) combine into one status: any danger → DANGER;
@@ -96,6 +97,10 @@ class WatchConfig(StrictModel):
                                       "they are, no chat template (a kernel being pretrained has no chat to speak); "
                                       "replaces `corpus` and `probe_prompts`.")
     probe_tokens: int = Field(48, ge=4, description="New tokens per probe generation.")
+    coherence: str | None = Field("none", description="Coherence of each probe's samples (slmlab.kernel.coherence): "
+                                  "consecutive-sentence cosine and seq-rep always, perplexity under `self` (the model "
+                                  "being trained) or a model spec (loaded once, e.g. smollm2-135m); `none`: no "
+                                  "perplexity; null: no coherence at all.")
     status: StatusThresholds = Field(default_factory=StatusThresholds)
     regimes: RegimeThresholds = Field(default_factory=RegimeThresholds)
     dashboard: bool | None = Field(None, description="Live dashboard; null: when the output is a terminal.")
@@ -246,6 +251,7 @@ class HealthMonitor:
         self.last: HealthCheck | None = None
         self.last_probe: dict | None = None
         self.last_spectral: dict | None = None
+        self.coherence = None  # the CoherenceTracker, built at the first probe (it may load a reference model)
         self.seconds = 0.0  # time spent in checks (the overhead benchmark reads it)
 
     def state(self) -> dict:
@@ -374,9 +380,20 @@ class HealthMonitor:
                    for p, g, b in zip(self.prompts, batch.generations, labels)]
         probe = {"n": n, "loop_rate": counts["SEMANTIC_LOOP"] / n, "collapse_rate": counts["TOKEN_COLLAPSE"] / n,
                  "basins": {k: v / n for k, v in sorted(counts.items())},
-                 "sample": batch.generations[0].text[:160], "samples": samples}
+                 "sample": batch.generations[0].text[:160], "samples": samples,
+                 **self._coherence([g.text for g in batch.generations])}
         self.bus.publish("probe", step, **probe)
         return probe
+
+    def _coherence(self, texts: list[str]) -> dict:
+        """The samples' coherence numbers (``coherence_*``), or nothing when ``watch.coherence`` is null."""
+        if self.config.coherence is None:
+            return {}
+        if self.coherence is None:
+            from slmlab.kernel.coherence import CoherenceTracker
+
+            self.coherence = CoherenceTracker.load(self.config.coherence, model=self.model, tokenizer=self.tokenizer)
+        return self.coherence.measure(texts).summary()
 
     def _adapter_spectra(self, step: int) -> dict | None:
         """Mean spectral metrics of one rotating slice of the LoRA deltas (None without LoRA)."""

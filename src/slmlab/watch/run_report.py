@@ -95,6 +95,12 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
     if probes:
         rates = {k.replace("_", " "): _series([(e.step, e.data.get(k)) for e in probes]) for k in ("loop_rate", "collapse_rate")}
         charts.append(line_chart(rates, "probe: loop and collapse rate", height=200, markers=markers))
+        for keys, title in ((("coherence_cosine", "coherence_seq_rep_4"), "probe samples: sentence cosine and seq-rep-4"),
+                            (("coherence_ppl",), "probe samples: perplexity under the coherence reference")):
+            curves = {k.removeprefix("coherence_").replace("_", " "): pts for k in keys
+                      if (pts := _series([(e.step, e.data.get(k)) for e in probes]))}
+            if curves:
+                charts.append(line_chart(curves, title, height=200, markers=markers))
 
     legend = " ".join(f"<span style='color:{MARKER_COLOURS.get(k, '#999')}'>┆ {escape(k)}</span>"
                       for k in MARKER_KINDS if counts[k])
