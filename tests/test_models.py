@@ -55,6 +55,12 @@ def test_uncached_hub_id_is_a_clear_error_not_a_download():
         models.load("nobody-here/not-a-model-xyz")
 
 
+@pytest.mark.parametrize("spec", ["runs/no-such-run-xyz/model", "./missing", "/no/such/dir"])
+def test_a_missing_directory_path_is_named_not_sent_to_the_hub(spec):
+    with pytest.raises(ModelNotAvailable, match="no such model directory"):
+        models.load(spec)
+
+
 def test_directory_without_config_is_rejected(tmp_path):
     with pytest.raises(ModelNotAvailable, match="config.json"):
         models.load(str(tmp_path))

@@ -135,6 +135,8 @@ def _resolve_external(spec: str) -> str:
             raise ModelNotAvailable(f"{path} is a directory but has no config.json; it is not a Hugging Face model.")
         _register_slmlab_model_type(path / "config.json")
         return str(path)
+    if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+        raise ModelNotAvailable(f"{spec}: no such model directory (a path, and not a Hugging Face id).")
     if "/" in spec and not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
