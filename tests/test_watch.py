@@ -21,6 +21,7 @@ import torch
 from slmlab.config import ConfigError
 from slmlab.io import write_jsonl
 from slmlab.train.config import load_train_config
+from slmlab.watch.events import Event
 from slmlab.watch.health import (
     REGIMES,
     STATUSES,
@@ -521,6 +522,16 @@ def test_probe_events_keep_every_sample_with_its_label_and_the_report_shows_them
     assert 0 <= probe["coherence_seq_rep_4"] <= 1
     html = write_run_report(res.run_dir).read_text()
     assert "<h2>Samples</h2>" in html and all(p in html for p in prompts)
+
+
+@pytest.mark.parametrize("n, shown", [(1, [0]), (4, [0, 1, 2, 3]), (11, [0, 2, 4, 6, 8, 10])])
+def test_the_report_shows_the_samples_of_the_first_and_last_probes_and_evenly_between(n, shown):
+    from slmlab.watch.run_report import _samples_section
+
+    probes = [Event.from_json({"kind": "probe", "step": 10 * i, "time": 0.0,
+                               "samples": [{"prompt": "p", "text": f"t{i}", "basin": "CREATIVE"}]}) for i in range(n)]
+    html = "".join(_samples_section(probes))
+    assert [i for i in range(n) if f"<td>t{i}</td>" in html] == shown
 
 
 def test_probe_coherence_under_the_model_itself_matches_the_tracker(tmp_path, data_file):

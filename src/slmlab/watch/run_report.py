@@ -119,8 +119,8 @@ def _samples_section(probes: list[Event]) -> list[str]:
     with_samples = [e for e in probes if e.data.get("samples")]
     if not with_samples:
         return []
-    n = len(with_samples)
-    picks = sorted({round(i * (n - 1) / max(1, MAX_SAMPLE_PROBES - 1)) for i in range(min(n, MAX_SAMPLE_PROBES))})
+    n, k = len(with_samples), min(len(with_samples), MAX_SAMPLE_PROBES)
+    picks = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})  # first and last always
     rows = [[e.step, s.get("basin", "?"), s.get("prompt", ""), s.get("text", "")]
             for e in (with_samples[i] for i in picks) for s in e.data["samples"]]
     note = f"<p class='note'>Greedy samples from the probe prompts at {len(picks)} of {n} probes, each with its basin label.</p>"
