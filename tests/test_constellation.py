@@ -412,3 +412,35 @@ def test_cli_command_has_an_example_and_writes_a_model(tok_dir, tmp_path):
                             "-o", str(tmp_path / "x")])
     assert isinstance(r.exception, SlmlabError) and "--router" in str(r.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_routing_telemetry_reaches_health_checks_and_the_run_report(tok_dir, corpus, tmp_path):
+    import json
+
+    from slmlab.kernel.constellation import kappa, routing_stats
+    from slmlab.models import load
+    from slmlab.train.config import load_train_config
+    from slmlab.train.loop import run
+    from slmlab.watch.run_report import write_run_report
+
+    path = init(tok_dir, "e8", tmp_path / "e8")
+    cfg = load_train_config(data={
+        "name": "telemetry", "model": str(path), "output_dir": str(tmp_path / "runs"), "adapter": {"kind": "full"},
+        "data": {"train": str(corpus / "train.jsonl"), "max_length": 64},
+        "optimizer": {"lr": 3e-3}, "batch_size": 8, "max_steps": 4, "save_every": 100,
+        "watch": {"enabled": True, "every": 2, "probe_every": None, "spectral_every": None, "dashboard": False,
+                  "prompts": ["ROMEO:", "Enter KING"]},
+    })
+    result = run(cfg)
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    health = [e for e in events if e["kind"] == "health"]
+    assert [e["step"] for e in health] == [2, 4]
+    trained, _ = load(str(result.run_dir / "model"))
+    k = trained.config.n_experts
+    for e in health:
+        m = e["metrics"]
+        assert 0 < m["routing_entropy"] <= 1 and 0 <= m["routing_min_share"] <= 1 / k <= m["routing_max_share"] <= 0.5
+    assert health[-1]["metrics"]["kappa"] == pytest.approx(kappa(trained))
+    overall = routing_stats(trained)["overall"]  # all 4 steps; the two checks' windows are steps 1-2 and 3-4
+    assert overall["min_share"] <= max(e["metrics"]["routing_min_share"] for e in health)
+    assert "constellation routing" in write_run_report(result.run_dir).read_text()

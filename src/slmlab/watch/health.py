@@ -252,6 +252,7 @@ class HealthMonitor:
         self.last_probe: dict | None = None
         self.last_spectral: dict | None = None
         self.coherence = None  # the CoherenceTracker, built at the first probe (it may load a reference model)
+        self._routing_counts = None  # a constellation's routing counts at the last check (the window's start)
         self.seconds = 0.0  # time spent in checks (the overhead benchmark reads it)
 
     def state(self) -> dict:
@@ -350,6 +351,7 @@ class HealthMonitor:
             metrics["collapse_rate"] = self.last_probe["collapse_rate"]
         if self.last_spectral is not None:
             metrics.update(self.last_spectral)
+        metrics.update(self._routing())
         sizes = {k: self.last_probe["n"] for k in ("loop_rate", "collapse_rate")} if self.last_probe else None
         status, levels, reasons = combine(metrics, self.config.status, sizes)
         regime = regime_of(phi, self.config.regimes)
@@ -384,6 +386,23 @@ class HealthMonitor:
                  **self._coherence([g.text for g in batch.generations])}
         self.bus.publish("probe", step, **probe)
         return probe
+
+    def _routing(self) -> dict:
+        """A constellation's routing since the last check: token-slot shares' entropy / ln K, largest and
+        smallest share (all layers), and κ over the whole run so far; nothing for any other model."""
+        from slmlab.kernel.constellation import kappa, mixtures, share_stats
+
+        blocks = mixtures(self.model)
+        if not blocks:
+            return {}
+        import torch
+
+        counts = torch.stack([b.expert_tokens for b in blocks]).sum(0).clone()
+        window = counts - self._routing_counts if self._routing_counts is not None else counts
+        self._routing_counts = counts
+        stats = share_stats(window)
+        return {"routing_entropy": stats["entropy_norm"], "routing_max_share": stats["max_share"],
+                "routing_min_share": stats["min_share"], "kappa": kappa(self.model)}
 
     def _coherence(self, texts: list[str]) -> dict:
         """The samples' coherence numbers (``coherence_*``), or nothing when ``watch.coherence`` is null."""

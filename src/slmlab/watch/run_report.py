@@ -22,6 +22,7 @@ MARKER_COLOURS = {
     "phase": "#2c3e50", "regime_change": "#d35400", "status_change": "#b7950b",
 }
 SPECTRAL = ("spectral_entropy", "phi_proximity", "dominant_ratio", "phi")
+ROUTING = ("routing_entropy", "routing_max_share", "routing_min_share", "kappa")  # constellation models only
 MAX_EVENT_ROWS = 500
 MAX_SAMPLE_PROBES = 6  # the report shows the samples of the first, the last and evenly spaced probes between
 
@@ -92,6 +93,11 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
                         else (e.data.get("metrics") or {}).get(metric)) for e in health])
         if pts:
             charts.append(line_chart({metric: pts}, metric.replace("_", " "), height=180, markers=markers))
+    routing = {k.replace("_", " "): pts for k in ROUTING
+               if (pts := _series([(e.step, (e.data.get("metrics") or {}).get(k)) for e in health]))}
+    if routing:
+        charts.append(line_chart(routing, "constellation routing: entropy / ln K, largest and smallest share "
+                                 "(since the previous check), κ", height=220, markers=markers))
     if probes:
         rates = {k.replace("_", " "): _series([(e.step, e.data.get(k)) for e in probes]) for k in ("loop_rate", "collapse_rate")}
         charts.append(line_chart(rates, "probe: loop and collapse rate", height=200, markers=markers))
