@@ -357,3 +357,13 @@ def test_pareto_front_small_example() -> None:
     # lower-is-better value (e.g. loss): f is cheapest and lowest
     assert pareto_front(points, higher_is_better=False) == ["f"]
     assert pareto_front([]) == []
+
+
+def test_wilson_interval_known_values_and_edges():
+    from slmlab.compare.stats import wilson_interval
+
+    lo, hi = wilson_interval(28, 60)  # the demo's 28/60: 35%–59%
+    assert (round(lo, 4), round(hi, 4)) == (0.3463, 0.5911)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 20)[0] == 0.0 and 0.15 < wilson_interval(0, 20)[1] < 0.17  # rule of three-ish
+    assert wilson_interval(20, 20)[1] == 1.0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from slmlab.compare.stats import wilson_interval
 from slmlab.console import Table
 
 
@@ -70,16 +71,6 @@ def _print_accuracy(console: Console, label: str, acc: PuzzleAccuracy) -> None:
         f"chance (uniform guess) {acc.chance:.0%}   always-majority {acc.majority:.0%}   "
         f"no glyph in output {acc.no_glyph}/{acc.n}   {acc.tokens_per_second:.1f} tokens/s"
     )
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion: honest error bars for 20 questions."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _answers_table(title: str, rows: list[dict], shown: int = 20) -> Table:

@@ -118,6 +118,16 @@ IQM_MIN_N = 4
 # --------------------------------------------------------------------------- helpers
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion k/n (``(0, 1)`` when n is 0): honest error bars for 20 questions."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _scipy_stats() -> Any:
     """``scipy.stats``, imported on first need (t and F distributions only)."""
     try:

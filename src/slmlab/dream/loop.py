@@ -198,8 +198,8 @@ def one_round(config: DreamConfig, dreamer, round_no: int, temperature: float, t
 
 def evaluate_heldout(dreamer, heldout: list[dict], where: Path) -> dict:
     """Greedy answers to the held-out puzzles: accuracy with its Wilson 95% interval; samples to ``where``."""
+    from slmlab.compare.stats import wilson_interval
     from slmlab.data.glyphs import first_glyph
-    from slmlab.demo import wilson_interval
 
     texts = dreamer.answer(heldout)
     rows = [{"id": rec.get("id"), "input": rec["input"], "answer": rec["answer"], "generation": text,

@@ -1,6 +1,6 @@
 """The ``trio`` suite: single model vs trio vs trio with tools, on held-out logic questions.
 
-What is measured (all rates with 95% Wilson intervals, :func:`slmlab.demo.wilson_interval`):
+What is measured (all rates with 95% Wilson intervals, :func:`slmlab.compare.stats.wilson_interval`):
 
 * **accuracy** per condition: the first certainty glyph of the final answer equals the
   solver's answer; ``no_answer``: the answer has no glyph at all. Next to it the mean
@@ -76,7 +76,7 @@ def logic_records(suite: TrioSuite) -> list[dict]:
 
 
 def wilson(k: int, n: int) -> dict:
-    from slmlab.demo import wilson_interval
+    from slmlab.compare.stats import wilson_interval
 
     lo, hi = wilson_interval(k, n)
     return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
