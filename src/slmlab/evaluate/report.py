@@ -14,7 +14,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:960px;color:#222}
 h1{font-size:1.6rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left} table.text td,table.text th{text-align:left}
 .note{color:#555;font-size:.9rem} svg{background:#fff;border:1px solid #eee;margin:.5rem 0}
 """
 
@@ -104,10 +104,12 @@ def stacked_bars(dists: dict[str, dict[str, float]], title: str, width: int = 88
     return "".join(parts)
 
 
-def table(header: list[str], rows: list[list[object]]) -> str:
+def table(header: list[str], rows: list[list[object]], *, text: bool = False) -> str:
+    """An HTML table of escaped cells; numbers align right, ``text=True`` aligns every column left (prose cells)."""
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    attrs = ' class="text"' if text else ""
+    return f"<table{attrs}><tr>{head}</tr>{body}</table>"
 
 
 def page(title: str, sections: list[str]) -> str:

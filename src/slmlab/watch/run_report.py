@@ -130,4 +130,4 @@ def _samples_section(probes: list[Event]) -> list[str]:
     rows = [[e.step, s.get("basin", "?"), s.get("prompt", ""), s.get("text", "")]
             for e in (with_samples[i] for i in picks) for s in e.data["samples"]]
     note = f"<p class='note'>Greedy samples from the probe prompts at {len(picks)} of {n} probes, each with its basin label.</p>"
-    return ["<h2>Samples</h2>", note, table(["step", "basin", "prompt", "sample"], rows)]
+    return ["<h2>Samples</h2>", note, table(["step", "basin", "prompt", "sample"], rows, text=True)]
