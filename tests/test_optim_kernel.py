@@ -96,7 +96,8 @@ def test_muon_matrix_updates_equal_torch_muon_and_the_rest_equal_adamw():
     ours = {n: torch.nn.Parameter(torch.randn(*s, generator=gen)) for n, s in shapes.items()}
     ref = {n: torch.nn.Parameter(p.detach().clone()) for n, p in ours.items()}
     kw = {"lr": 0.02, "weight_decay": 0.1}
-    opt = build_optimizer("muon", list(ours.items()), adamw_lr=3e-3, adjust_lr_fn="original", momentum=0.9, **kw)
+    opt = build_optimizer("muon", list(ours.items()), adamw_lr=3e-3, adjust_lr_fn="original", momentum=0.9,
+                          ns_dtype="bfloat16", **kw)  # torch's own Newton-Schulz, so bit-identical to torch
     matrices = [ref["layers.0.q_proj.weight"], ref["layers.0.down_proj.weight"]]
     ref_muon = torch.optim.Muon(matrices, momentum=0.9, nesterov=True, ns_steps=5, adjust_lr_fn="original", **kw)
     ref_adamw = torch.optim.AdamW([ref["embed_tokens.weight"], ref["norm.weight"]], lr=3e-3, weight_decay=0.1)
@@ -110,6 +111,50 @@ def test_muon_matrix_updates_equal_torch_muon_and_the_rest_equal_adamw():
     for name, p in ours.items():
         assert torch.equal(p, ref[name]), name  # the same torch code on the same inputs: bit-identical
     assert set(opt.split["muon"]) == {"layers.0.q_proj.weight", "layers.0.down_proj.weight"}
+
+
+def _newton_schulz_float64(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = g.double().T if g.shape[0] > g.shape[1] else g.double()
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if g.shape[0] > g.shape[1] else x).float()
+
+
+@pytest.mark.parametrize("shape", [(24, 16), (16, 40), (96, 256)])
+def test_float32_newton_schulz_is_torchs_iteration_at_float32_precision(shape):
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from slmlab.train.optim.muon import newton_schulz_float32
+
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    exact = _newton_schulz_float64(g)
+    ours = newton_schulz_float32(g, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    torchs = _zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+    assert ours.dtype == torch.float32 and ours.shape == g.shape
+    assert (ours - exact).norm() / exact.norm() < 1e-5  # the same iteration, float32 rounding only
+    assert (torchs - exact).norm() / exact.norm() < 3e-2  # torch's bfloat16 is the coarser of the two
+
+
+def test_muon_on_the_cpu_orthogonalises_in_float32_and_puts_torchs_function_back():
+    import torch.optim._muon as torch_muon
+
+    original = torch_muon._zeropower_via_newtonschulz
+    w = {"layers.0.q_proj.weight": torch.nn.Parameter(torch.randn(24, 16, generator=torch.Generator().manual_seed(2)))}
+    before = w["layers.0.q_proj.weight"].detach().clone()
+    g = torch.randn(24, 16, generator=torch.Generator().manual_seed(3))
+    w["layers.0.q_proj.weight"].grad = g.clone()
+    opt = build_optimizer("muon", list(w.items()), lr=0.02, weight_decay=0.0, adjust_lr_fn="original", momentum=0.9)
+    assert opt.ns_dtype == "auto" and opt._ns_float32()
+    opt.step()
+    assert torch_muon._zeropower_via_newtonschulz is original
+    update = (before - w["layers.0.q_proj.weight"].detach()) / (0.02 * max(1, 24 / 16) ** 0.5)
+    nesterov = g.lerp(0.1 * g, 0.9)  # momentum buffer after one step: (1 - 0.9)·g; nesterov: g.lerp(buf, 0.9)
+    assert torch.allclose(update, _newton_schulz_float64(nesterov), atol=1e-5)
+    with pytest.raises(ValueError, match="ns_dtype must be one of auto, bfloat16, float32"):
+        build_optimizer("muon", list(w.items()), lr=0.02, weight_decay=0.0, ns_dtype="fp8")
 
 
 def test_muon_split_by_shape_name_and_module_type():

@@ -8,7 +8,8 @@ as ``torch.optim.Muon`` computes it::
     B  ← μ·B + (1-μ)·G                        momentum as an EMA (``lerp``)
     U  = (1-μ)·G + μ·B   (nesterov)  or  B    the direction fed to the orthogonaliser
     O  = NS₅(U / ‖U‖_F)                       5 Newton-Schulz steps, quintic (a, b, c) =
-                                              (3.4445, -4.7750, 2.0315), in bfloat16:
+                                              (3.4445, -4.7750, 2.0315), in bfloat16
+                                              (float32 on a CPU: ``ns_dtype``):
                                               O ≈ U·(UᵀU)^(-1/2), singular values squashed
                                               into roughly [0.7, 1.2] rather than exactly 1
     W  ← W·(1 - lr·λ)                         decoupled weight decay (with the unadjusted lr)
@@ -55,6 +56,7 @@ which parameter got which update.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +65,7 @@ import torch
 
 from slmlab.errors import SlmlabError
 
+NS_DTYPES = ("auto", "bfloat16", "float32")
 ADAMW_NAME_PARTS = ("embed", "lm_head")
 """A parameter whose name contains one of these goes to AdamW, whatever its shape."""
 
@@ -81,6 +84,9 @@ class MuonConfig:
     """'match_rms_adamw' (lr' = 0.2·lr·√max(m, n)) or 'original' (lr' = lr·√max(1, m/n))."""
     adamw_betas: tuple[float, float] = (0.9, 0.999)
     adamw_eps: float = 1e-8
+    ns_dtype: str = "auto"
+    """Newton-Schulz in 'bfloat16' (torch's choice, fast on GPUs), 'float32', or 'auto': float32 for
+    parameters on the CPU (where bfloat16 matmuls are slow), bfloat16 elsewhere."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adamw_betas", tuple(float(b) for b in self.adamw_betas))
@@ -98,6 +104,8 @@ class MuonConfig:
             raise ValueError(f"adamw_betas must be two numbers in [0, 1), got {self.adamw_betas}")
         if not self.adamw_eps >= 0:
             raise ValueError(f"adamw_eps must be >= 0, got {self.adamw_eps!r}")
+        if self.ns_dtype not in NS_DTYPES:
+            raise ValueError(f"ns_dtype must be one of {', '.join(NS_DTYPES)}, got {self.ns_dtype!r}")
 
 
 def _named(params, model: torch.nn.Module | None) -> list[dict[str, Any]]:
@@ -141,7 +149,8 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, muon_groups: list[dict[str, Any]], adamw_groups: list[dict[str, Any]], *,
-                 muon_defaults: dict[str, Any], adamw_defaults: dict[str, Any]) -> None:
+                 muon_defaults: dict[str, Any], adamw_defaults: dict[str, Any], ns_dtype: str = "auto") -> None:
+        self.ns_dtype = ns_dtype
         muon_groups = [{**g, "kind": "muon"} for g in muon_groups if g["params"]]
         adamw_groups = [{**g, "kind": "adamw"} for g in adamw_groups if g["params"]]
         if not muon_groups and not adamw_groups:
@@ -178,10 +187,17 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for opt in (self._muon, self._adamw):
-            if opt is not None:
-                opt.step()
+        if self._muon is not None:
+            with newton_schulz_in(self._ns_float32()):
+                self._muon.step()
+        if self._adamw is not None:
+            self._adamw.step()
         return loss
+
+    def _ns_float32(self) -> bool:
+        if self.ns_dtype != "auto":
+            return self.ns_dtype == "float32"
+        return all(p.device.type == "cpu" for g in self._muon.param_groups for p in g["params"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)  # replaces self.param_groups' dicts and self.state
@@ -219,7 +235,41 @@ def build_muon(params, lr: float, weight_decay: float, config: MuonConfig,
                        "nesterov": config.nesterov, "ns_steps": config.ns_steps, "adjust_lr_fn": config.adjust_lr_fn},
         adamw_defaults={"lr": lr if config.adamw_lr is None else config.adamw_lr, "weight_decay": weight_decay,
                         "betas": config.adamw_betas, "eps": config.adamw_eps},
+        ns_dtype=config.ns_dtype,
     )
+
+
+def newton_schulz_float32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                          eps: float) -> torch.Tensor:
+    """torch.optim.Muon's Newton-Schulz iteration, operation for operation, in float32 instead of bfloat16."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+@contextlib.contextmanager
+def newton_schulz_in(float32: bool):
+    """Within the block, torch.optim.Muon orthogonalises with :func:`newton_schulz_float32` (when
+    ``float32``); torch's bfloat16 function is put back after it. torch.optim.Muon looks the function
+    up in its module at each call, so this swaps nothing else. On a CPU it is ~25× faster for a
+    96×256 matrix (bfloat16 matmuls have no fast CPU kernel) and more precise."""
+    if not float32:
+        yield
+        return
+    import torch.optim._muon as torch_muon
+
+    original = torch_muon._zeropower_via_newtonschulz
+    torch_muon._zeropower_via_newtonschulz = newton_schulz_float32
+    try:
+        yield
+    finally:
+        torch_muon._zeropower_via_newtonschulz = original
 
 
 def _for_torch(pairs: list[tuple[str | None, torch.Tensor]], named: bool) -> list:
