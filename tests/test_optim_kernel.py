@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from test_train_core import _tiny_full  # every weight trainable, train mode
 
 from slmlab.errors import SlmlabError
 from slmlab.train.optim import KFAC, MuonAdamW, build_optimizer, exact_natural_gradient
@@ -60,16 +61,6 @@ def tiny_llama(tie: bool):
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
                       tie_word_embeddings=tie)
     return LlamaForCausalLM(cfg)
-
-
-def tiny_random_full(seed: int = 0):
-    from slmlab.models import load
-
-    model, _ = load("tiny-random", seed=seed)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.train()
-    return model
 
 
 NG_EXACT = {"momentum": 0.0, "kl_clip": None, "inv_every": 1}  # one step's Δ is the preconditioned gradient
@@ -397,7 +388,7 @@ def test_new_state_train_step_learns_and_round_trips_bit_exactly(name, kwargs, l
     def train(state, steps):
         return [train_step(state, _batch(i), SFT()).loss for i in steps]
 
-    state = state_for(tiny_random_full())
+    state = state_for(_tiny_full())
     assert state.adapter == "full"
     losses = train(state, range(3))
     snapshot = io.BytesIO()
@@ -405,7 +396,7 @@ def test_new_state_train_step_learns_and_round_trips_bit_exactly(name, kwargs, l
     straight = train(state, range(3, 7))
     weights = {k: v.clone() for k, v in state.model.state_dict().items()}
 
-    other = state_for(tiny_random_full(seed=1))
+    other = state_for(_tiny_full(seed=1))
     snapshot.seek(0)
     other.load_state_dict(torch.load(snapshot, weights_only=False))
     assert train(other, range(3, 7)) == straight

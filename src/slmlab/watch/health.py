@@ -253,6 +253,7 @@ class HealthMonitor:
         self.last_spectral: dict | None = None
         self.coherence = None  # the CoherenceTracker, built at the first probe (it may load a reference model)
         self._routing_counts = None  # a constellation's routing counts at the last check (the window's start)
+        self._mixtures = None  # a constellation's mixture blocks (empty for any other model), found at the first check
         self.seconds = 0.0  # time spent in checks (the overhead benchmark reads it)
 
     def state(self) -> dict:
@@ -390,12 +391,16 @@ class HealthMonitor:
     def _routing(self) -> dict:
         """A constellation's routing since the last check: token-slot shares' entropy / ln K, largest and
         smallest share (all layers), and κ over the whole run so far; nothing for any other model."""
-        from slmlab.kernel.constellation import kappa, mixtures, share_stats
+        if self._mixtures is None:  # the model's structure does not change during a run: look once
+            from slmlab.kernel.constellation import mixtures
 
-        blocks = mixtures(self.model)
+            self._mixtures = mixtures(self.model)
+        blocks = self._mixtures
         if not blocks:
             return {}
         import torch
+
+        from slmlab.kernel.constellation import kappa, share_stats
 
         counts = torch.stack([b.expert_tokens for b in blocks]).sum(0).clone()
         window = counts - self._routing_counts if self._routing_counts is not None else counts

@@ -88,6 +88,23 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
                          height=200, markers=markers),
               line_chart({"lr": _series([(m["step"], m.get("lr")) for m in kept])}, "learning rate",
                          height=200, markers=markers)]
+    charts += _health_charts(health, probes, markers)
+
+    legend = " ".join(f"<span style='color:{MARKER_COLOURS.get(k, '#999')}'>┆ {escape(k)}</span>"
+                      for k in MARKER_KINDS if counts[k])
+    shown = [e for e in events if e.kind not in ("health", "probe", "checkpoint", "checkpoint_confirmed")]
+    rows = [[e.step, e.kind, describe(e)] for e in shown[:MAX_EVENT_ROWS]]
+    more = f"<p class='note'>{len(shown) - MAX_EVENT_ROWS} more events in events.jsonl.</p>" if len(shown) > MAX_EVENT_ROWS else ""
+    sections = ["<h2>Summary</h2>", table(["", ""], summary),
+                "<h2>Curves</h2>", f"<p class='note'>Markers: {legend or 'no events'}</p>", *charts,
+                *_samples_section(probes),
+                "<h2>Events</h2>", table(["step", "kind", "evidence"], rows) if rows else "<p class='note'>No events.</p>", more]
+    return write_report(Path(path) if path else run_dir / "report.html", f"Run report: {name}", sections)
+
+
+def _health_charts(health: list[Event], probes: list[Event], markers: list) -> list[str]:
+    """Charts from the monitor's events: Φ and the spectral metrics, a constellation's routing, probe rates and coherence."""
+    charts: list[str] = []
     for metric in SPECTRAL:
         pts = _series([(e.step, e.data.get(metric) if metric == "phi" and "phi" in e.data
                         else (e.data.get("metrics") or {}).get(metric)) for e in health])
@@ -107,17 +124,7 @@ def write_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
                       if (pts := _series([(e.step, e.data.get(k)) for e in probes]))}
             if curves:
                 charts.append(line_chart(curves, title, height=200, markers=markers))
-
-    legend = " ".join(f"<span style='color:{MARKER_COLOURS.get(k, '#999')}'>┆ {escape(k)}</span>"
-                      for k in MARKER_KINDS if counts[k])
-    shown = [e for e in events if e.kind not in ("health", "probe", "checkpoint", "checkpoint_confirmed")]
-    rows = [[e.step, e.kind, describe(e)] for e in shown[:MAX_EVENT_ROWS]]
-    more = f"<p class='note'>{len(shown) - MAX_EVENT_ROWS} more events in events.jsonl.</p>" if len(shown) > MAX_EVENT_ROWS else ""
-    sections = ["<h2>Summary</h2>", table(["", ""], summary),
-                "<h2>Curves</h2>", f"<p class='note'>Markers: {legend or 'no events'}</p>", *charts,
-                *_samples_section(probes),
-                "<h2>Events</h2>", table(["step", "kind", "evidence"], rows) if rows else "<p class='note'>No events.</p>", more]
-    return write_report(Path(path) if path else run_dir / "report.html", f"Run report: {name}", sections)
+    return charts
 
 
 def _samples_section(probes: list[Event]) -> list[str]:
